@@ -42,7 +42,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[Any]], None],
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     """Write `text` to `path` atomically."""
-    return atomic_write(path, lambda h: h.write(text))
+    def write(handle: IO[Any]) -> None:
+        handle.write(text)
+
+    return atomic_write(path, write)
 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -1,0 +1,97 @@
+"""`hwdsa prune`: the main job — prune a model to a budget and write the pruned model and its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+from hwdsa.cli._common import format_table, parse_fraction, parse_latency, read_config_file
+from hwdsa.training import TrainConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="JSON file with PruneJobConfig fields; flags override it")
+    p.add_argument("--model", help="model name (see hwdsa.models.list_models()); default small_cnn")
+    p.add_argument("--data", dest="dataset", help="data set: mnist (default), digits, cifar10, fashion_mnist, imagefolder")
+    p.add_argument("--data-root", help="folder of the data set (cifar10, fashion_mnist, imagefolder)")
+    p.add_argument("--flops", help="FLOPs budget as a fraction of the dense model's, e.g. 0.5")
+    p.add_argument("--params", help="parameter budget as a fraction of the dense model's, e.g. 0.4")
+    p.add_argument("--latency", help="latency budget: a fraction of the dense model's (0.5) or a time (2.5ms)")
+    p.add_argument("--latency-table", help="lookup table (CSV from `hwdsa profile`) for --latency")
+    p.add_argument("--from-scratch", action="store_true", default=None, help="search from random weights (no pre-training)")
+    p.add_argument("--weights", help="state dict of a pre-trained dense model to start from")
+    p.add_argument("--pretrain-epochs", type=int, help="epochs to pre-train the dense model when no --weights are given")
+    p.add_argument("--search-epochs", type=int, help="epochs of the DSA search")
+    p.add_argument("--finetune-epochs", type=int, help="epochs of fine-tuning after surgery")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--subset-per-class", type=int, help="use a class-balanced subset of the training set")
+    p.add_argument("--round-to", type=int, help="round channel counts to a multiple (e.g. 8)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    p.add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
+    p.add_argument("--resume", action="store_true", help="continue a killed job from its last checkpoint")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+
+
+def config_from_args(args: argparse.Namespace):  # -> PruneJobConfig
+    from hwdsa.flows import BudgetSpec, PruneJobConfig
+
+    base = PruneJobConfig.from_dict(read_config_file(args.config)) if args.config else PruneJobConfig()
+    budgets = []
+    if args.flops is not None:
+        budgets.append(BudgetSpec("flops", fraction=parse_fraction(args.flops, "--flops")))
+    if args.params is not None:
+        budgets.append(BudgetSpec("params", fraction=parse_fraction(args.params, "--params")))
+    if args.latency is not None:
+        fraction, ms = parse_latency(args.latency)
+        budgets.append(BudgetSpec("latency", fraction=fraction, absolute=ms))
+    changes = {
+        k: v
+        for k, v in {
+            "model": args.model,
+            "dataset": args.dataset,
+            "data_root": args.data_root,
+            "from_scratch": args.from_scratch,
+            "weights": args.weights,
+            "batch_size": args.batch_size,
+            "subset_per_class": args.subset_per_class,
+            "round_to": args.round_to,
+            "seed": args.seed,
+            "device": args.device,
+            "latency_table": args.latency_table,
+        }.items()
+        if v is not None
+    }
+    if budgets:
+        changes["budgets"] = tuple(budgets)
+    for phase, epochs in (("pretrain", args.pretrain_epochs), ("search", args.search_epochs), ("finetune", args.finetune_epochs)):
+        if epochs is not None:
+            changes[phase] = replace(getattr(base, phase), epochs=epochs)
+    return replace(base, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwdsa.distributed import is_main_process
+    from hwdsa.flows import PruneJob
+
+    config = config_from_args(args)
+    report = PruneJob(config, args.out).run(resume=args.resume)
+    if not is_main_process():
+        return 0
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    d, p = report["dense"], report["pruned"]
+    rows = [
+        ["top-1 accuracy", d["accuracy"], p["accuracy"], None if d["accuracy"] is None else p["accuracy"] - d["accuracy"]],
+        ["FLOPs (MACs)", d["flops"], p["flops"], p["flops_fraction"]],
+        ["parameters", d["params"], p["params"], p["params_fraction"]],
+    ]
+    print(f"\n{config.model} on {config.dataset}, budgets: "
+          + ", ".join(f"{k} ≤ {v['fraction_of_dense']:.0%} of dense" for k, v in report["budgets"].items()))
+    print(format_table(rows, ["", "dense", "pruned", "change / fraction"]))
+    t = report["timings"]
+    print("time: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k.endswith("_s")) + " (seconds)")
+    print(f"outputs in {args.out}/: pruned.pt, allocation.csv, report.json, config.json")
+    return 0

@@ -1,0 +1,252 @@
+"""The DSA search: weights and keep ratios trained together, the budget held by ADMM (design note, section 5).
+
+Runs alone or under torchrun/DDP: masks are drawn from a generator seeded identically on every rank and the
+ratio gradients are averaged, so every rank holds the same ratios and masks at every step.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hwdsa.costs import Budget
+from hwdsa.distributed import barrier, is_main_process, unwrap
+from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.graph.structure import ChannelGraph
+from hwdsa.importance import group_importance
+from hwdsa.masking import ChannelMasks
+from hwdsa.training import Batches, TrainConfig, batches_per_epoch, make_optimizer, make_scheduler, set_epoch
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The search phase: weight training settings, ADMM settings, and the seed that fixes the masks."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    admm: AdmmConfig = field(default_factory=AdmmConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Where the search ended: the feasible ratios, the integer channels that meet every budget, history."""
+
+    keep_ratios: list[float]
+    channels: list[int]
+    costs: dict[str, float]
+    history: list[dict[str, Any]]
+    seconds: float
+    weight_steps: int
+    ratio_steps: int
+
+
+def _cycle(loader: Batches, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Endless held-out batches whose order depends only on (epoch, pass): resumable."""
+    for k in itertools.count():
+        set_epoch(loader, epoch * 1000 + k)
+        yield from loader
+
+
+def channels_within_budgets(
+    ratios: Tensor, budgets: Sequence[Budget], group_sizes: Sequence[int], *, multiple: int | None = None
+) -> list[int]:
+    """Integer channel counts near `ratios`·C that meet every budget exactly (`cost.exact`).
+
+    Rounds to the nearest count (or multiple), then, while a budget is exceeded, removes channels (one, or
+    one multiple) from the group whose removal lowers the exceeded costs most per channel removed.
+    """
+    step = multiple or 1
+    sizes = [int(c) for c in group_sizes]
+    r = ratios.detach().double().cpu()
+
+    def rounded(g: int) -> int:
+        c = sizes[g]
+        if multiple:
+            return min(c, max(multiple, int(round(float(r[g]) * c / multiple)) * multiple)) if c >= multiple else c
+        return min(c, max(1, int(round(float(r[g]) * c))))
+
+    channels = [rounded(g) for g in range(len(sizes))]
+    minimum = [min(c, step) for c in sizes]
+
+    def excess(ch: list[int]) -> float:
+        return sum(max(0.0, b.cost.exact(ch) / b.limit - 1.0) for b in budgets)
+
+    current = excess(channels)
+    while current > 0:
+        best, best_gain = -1, 0.0
+        for g in range(len(sizes)):
+            if channels[g] - step < minimum[g]:
+                continue
+            trial = list(channels)
+            trial[g] -= step
+            gain = (current - excess(trial)) / step
+            if gain > best_gain:
+                best, best_gain = g, gain
+        if best < 0:
+            costs = ", ".join(f"{b.cost.name} {b.cost.exact(channels):.4g} > {b.limit:.4g}" for b in budgets if b.cost.exact(channels) > b.limit)
+            raise BudgetInfeasibleError(f"no integer channel counts meet the budget ({costs}); raise the budget or lower --round-to")
+        channels[best] -= step
+        current = excess(channels)
+    return channels
+
+
+class DsaSearch:
+    """Runs the search epochs on a model, saving a checkpoint after each one.
+
+    Args:
+        model: the network (possibly wrapped in DistributedDataParallel); masks are hooked on its inner module.
+        graph: its traced channel structure.
+        budgets: the budgets to meet (one or several).
+        config: search settings.
+        device: where training runs.
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, budgets: Sequence[Budget], config: SearchConfig, device: torch.device) -> None:
+        self.model = model
+        self.inner = unwrap(model)
+        self.graph = graph
+        self.config = config
+        self.device = device
+        self.allocator = RatioAllocator(graph.group_sizes, budgets, config.admm, device)
+        self.masker = ChannelMasks(self.inner, graph)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(config.seed)
+        self.optimizer = make_optimizer(self.inner, config.train)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.weight_steps = 0
+
+    def _importance(self) -> list[Tensor]:
+        return [t.to(self.device) for t in group_importance(self.inner, self.graph, mode=self.config.admm.importance)]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.inner.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "allocator": self.allocator.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": rng_state(),
+            "history": self.history,
+            "weight_steps": self.weight_steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.allocator.load_state_dict(state["allocator"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        self.history = list(state["history"])
+        self.weight_steps = int(state["weight_steps"])
+
+    def run(
+        self,
+        train_loader: Batches,
+        holdout_loader: Batches,
+        *,
+        checkpoint: Path | None = None,
+        resume: bool = False,
+        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    ) -> SearchResult:
+        """Train weights and ratios for `config.train.epochs` epochs, resuming from `checkpoint` if asked."""
+        cfg = self.config
+        steps_per_epoch = batches_per_epoch(train_loader)
+        scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch)
+        if resume and checkpoint is not None and checkpoint.is_file():
+            state = load_checkpoint(checkpoint)
+            if state.get("phase") == "search":  # a checkpoint of an earlier phase means the search never started
+                self.load_state_dict(state["search"])
+                self.start_epoch = int(state["epoch"])
+                scheduler.load_state_dict(state["scheduler"])
+                _log.info("resumed the search after epoch %d", self.start_epoch)
+        total_steps = max(1, cfg.train.epochs * steps_per_epoch)
+        loss_fn = nn.CrossEntropyLoss()
+        started = time.perf_counter()
+        try:
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                set_epoch(train_loader, epoch)
+                holdout = _cycle(holdout_loader, epoch)
+                self.model.train()
+                loss_sum, n_seen = 0.0, 0
+                for i, (x, y) in enumerate(train_loader):
+                    progress = (epoch * steps_per_epoch + i) / total_steps
+                    beta2 = self.allocator.beta2(progress)
+                    importance = self._importance()
+                    if i % cfg.admm.update_every == 0:
+                        xh, yh = next(holdout)
+                        self.masker.set_masks(self.allocator.masks(importance, beta2, self.generator))
+                        # The inner module, not the DDP wrapper: this backward reaches only the ratios.
+                        ratio_loss = loss_fn(self.inner(xh.to(self.device)), yh.to(self.device))
+                        self.allocator.ratio_step(ratio_loss)
+                        self.allocator.admm_update()
+                    with torch.no_grad():
+                        masks = self.allocator.masks(importance, beta2, self.generator)
+                    self.masker.set_masks([m.detach() for m in masks])
+                    x, y = x.to(self.device), y.to(self.device)
+                    loss = loss_fn(self.model(x), y)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    scheduler.step()
+                    self.weight_steps += 1
+                    loss_sum += float(loss.detach()) * len(y)
+                    n_seen += len(y)
+                record = self._epoch_record(epoch, loss_sum / max(1, n_seen))
+                self.history.append(record)
+                _log.info(
+                    "search epoch %d/%d: loss %.4f, %s",
+                    epoch + 1,
+                    cfg.train.epochs,
+                    record["loss"],
+                    ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.endswith("_fraction")),
+                )
+                if on_epoch is not None:
+                    on_epoch(record)
+                if checkpoint is not None:
+                    if is_main_process():
+                        save_checkpoint(
+                            checkpoint,
+                            {"phase": "search", "epoch": epoch + 1, "search": self.state_dict(), "scheduler": scheduler.state_dict()},
+                        )
+                    barrier()
+        finally:
+            self.masker.remove()
+        ratios = self.allocator.feasible_ratios()
+        budgets = self.allocator.budgets
+        channels = channels_within_budgets(ratios, budgets, self.graph.group_sizes)
+        return SearchResult(
+            keep_ratios=[float(r) for r in ratios.cpu()],
+            channels=channels,
+            costs={b.cost.name: b.cost.exact(channels) for b in budgets},
+            history=self.history,
+            seconds=time.perf_counter() - started,
+            weight_steps=self.weight_steps,
+            ratio_steps=self.allocator.steps,
+        )
+
+    def _epoch_record(self, epoch: int, loss: float) -> dict[str, Any]:
+        alpha = self.allocator.keep_ratios.detach().double().cpu()
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "mean_keep_ratio": float(alpha.mean())}
+        for b, z in zip(self.allocator.budgets, self.allocator.z):
+            record[f"{b.cost.name}_fraction"] = float(b.cost(alpha.clamp(max=1.0))) / b.cost.dense
+            record[f"{b.cost.name}_z_fraction"] = float(b.cost(z.double().cpu())) / b.cost.dense
+        return record
+
+
+def validate_budgets(budgets: Sequence[Budget]) -> None:
+    """Refuse duplicate cost names (one budget per cost; several costs may hold at once)."""
+    names = [b.cost.name for b in budgets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"one budget per cost, got {names}")

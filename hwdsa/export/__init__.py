@@ -1,0 +1,55 @@
+"""Deployment: ONNX export, ONNX Runtime sessions, TensorRT engines, verification and timing.
+
+Polygraphy's split: building an artefact (`onnx_from_module`, `qdq_onnx_from_onnx`, `engine_from_onnx`),
+running it (`session_from_onnx` + `OrtRunner`, `engine_from_file` + `TrtRunner`) and comparing it with
+PyTorch (`compare_outputs`) are separate steps; `export_model` chains them for `hwdsa export`.
+Importing this package loads neither onnxruntime nor tensorrt.
+"""
+
+from __future__ import annotations
+
+from hwdsa.export.compare import ComparisonReport as ComparisonReport
+from hwdsa.export.compare import Runner as Runner
+from hwdsa.export.compare import Tolerance as Tolerance
+from hwdsa.export.compare import compare_outputs as compare_outputs
+from hwdsa.export.deploy import FORMATS as FORMATS
+from hwdsa.export.deploy import DeploymentReport as DeploymentReport
+from hwdsa.export.deploy import export_model as export_model
+from hwdsa.export.deploy import read_deployment_reports as read_deployment_reports
+from hwdsa.export.deploy import write_deployment_reports as write_deployment_reports
+from hwdsa.export.onnx import onnx_from_module as onnx_from_module
+from hwdsa.export.onnxruntime import OrtRunner as OrtRunner
+from hwdsa.export.onnxruntime import session_from_onnx as session_from_onnx
+from hwdsa.export.onnxruntime import time_session as time_session
+from hwdsa.export.quantize import fp16_onnx_from_onnx as fp16_onnx_from_onnx
+from hwdsa.export.quantize import qdq_onnx_from_onnx as qdq_onnx_from_onnx
+from hwdsa.export.tensorrt import EngineRecord as EngineRecord
+from hwdsa.export.tensorrt import TrtRunner as TrtRunner
+from hwdsa.export.tensorrt import check_engine_record as check_engine_record
+from hwdsa.export.tensorrt import engine_from_file as engine_from_file
+from hwdsa.export.tensorrt import engine_from_onnx as engine_from_onnx
+from hwdsa.export.tensorrt import time_engine as time_engine
+
+__all__ = [
+    "FORMATS",
+    "ComparisonReport",
+    "DeploymentReport",
+    "EngineRecord",
+    "OrtRunner",
+    "Runner",
+    "Tolerance",
+    "TrtRunner",
+    "check_engine_record",
+    "compare_outputs",
+    "engine_from_file",
+    "engine_from_onnx",
+    "export_model",
+    "fp16_onnx_from_onnx",
+    "onnx_from_module",
+    "qdq_onnx_from_onnx",
+    "read_deployment_reports",
+    "session_from_onnx",
+    "time_engine",
+    "time_session",
+    "write_deployment_reports",
+]

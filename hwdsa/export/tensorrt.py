@@ -1,0 +1,567 @@
+"""TensorRT 10 engines from ONNX files, the JSON record beside each engine, checked loading, and a runner.
+
+Only the TensorRT 10 API is used: explicit-batch networks (`create_network(flags)`; flag 0 is explicit
+batch in TensorRT 10), one optimisation profile for the dynamic batch axis, `set_memory_pool_limit`,
+`build_serialized_network`, and at run time `set_input_shape` / `set_tensor_address` /
+`execute_async_v3` on torch CUDA tensors.
+
+Precisions:
+- "fp32": a weakly typed network with TF32 turned off, so FP32 means FP32 (TensorRT enables TF32 by
+  default, which rounds matmul inputs to 10 mantissa bits).
+- "fp16": a weakly typed network with `BuilderFlag.FP16`; TensorRT picks FP16 or FP32 per layer.
+  (TensorRT 10.12 deprecates the flag in favour of strong typing on an FP16 graph; it still works.)
+- "int8": explicit quantisation. The ONNX graph carries Q/DQ nodes (made by `qdq_onnx_from_onnx`
+  from the caller's calibration data when the graph has none) and is built as a strongly typed
+  network, so no deprecated calibrator or INT8 flag is involved.
+
+`tensorrt` is imported inside functions only (via `_import_tensorrt`), so this module imports, and its
+records can be checked, on machines without TensorRT. Note that the `tensorrt-stubs` package installs
+a directory named `tensorrt` holding only `.pyi` files: `import tensorrt` then succeeds and yields an
+empty namespace package, which `_import_tensorrt` detects (and `pytest.importorskip` does not).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hwdsa._io import atomic_path, write_json_atomic
+from hwdsa._version import __version__
+from hwdsa.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
+from hwdsa.export._data import BatchSource
+from hwdsa.export.onnx import is_qdq_onnx, sha256_file
+from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol, time_callable
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+_log = logging.getLogger(__name__)
+
+RECORD_SCHEMA_VERSION = 1
+DEFAULT_WORKSPACE_BYTES = 1 << 30
+INSTALL_HINT = (
+    "install it with `pip install 'tensorrt>=10'` (or `pip install 'hwdsa[tensorrt]'`) on a machine with an "
+    "NVIDIA GPU and driver"
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Import and environment
+# --------------------------------------------------------------------------------------------------
+
+
+def _import_tensorrt() -> ModuleType:
+    """Import TensorRT (>= 10) or raise BackendUnavailableError saying how to install it.
+
+    Functions call this first, then `import tensorrt as trt` themselves, so that mypy checks every
+    TensorRT call against the stubs (a module returned as `ModuleType` would type every attribute Any).
+    """
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the package is there but libnvinfer cannot be loaded
+        raise BackendUnavailableError(f"TensorRT is not installed or cannot load: {INSTALL_HINT} ({exc})") from exc
+    if not hasattr(tensorrt, "Builder"):
+        where = [str(p) for p in getattr(tensorrt, "__path__", [])]
+        raise BackendUnavailableError(
+            f"TensorRT is not installed: the `tensorrt` found at {where} has no runtime (only type stubs such as "
+            f"tensorrt-stubs install that directory); {INSTALL_HINT}"
+        )
+    version = str(tensorrt.__version__)
+    if int(version.split(".")[0]) < 10:
+        raise BackendUnavailableError(f"TensorRT {version} is too old: hwdsa uses the TensorRT 10 API; {INSTALL_HINT}")
+    module: ModuleType = tensorrt
+    return module
+
+
+def is_available() -> bool:
+    """Whether engines can be built and run here: TensorRT >= 10 is installed and a CUDA device is present."""
+    try:
+        _import_tensorrt()
+    except BackendUnavailableError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise BackendUnavailableError("TensorRT needs a CUDA device, and torch sees none here")
+
+
+def current_environment() -> dict[str, str]:
+    """TensorRT version, device name and compute capability here: what an engine record must match."""
+    _import_tensorrt()
+    import tensorrt as trt
+
+    _require_cuda()
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return {
+        "tensorrt_version": str(trt.__version__),
+        "device_name": str(torch.cuda.get_device_name(index)),
+        "compute_capability": f"{major}.{minor}",
+    }
+
+
+_LOG_LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING}
+
+
+@functools.lru_cache(maxsize=1)
+def _trt_logger() -> trt.ILogger:
+    """One TensorRT logger for the process (TensorRT keeps a raw pointer), forwarding to `logging`.
+
+    TensorRT's INFO and VERBOSE messages go to DEBUG. The class is made with `type()` rather than a
+    class statement because `ILogger.__init__` is untyped in the stubs, and mypy --strict rejects
+    both calling it and subclassing an unresolved type.
+    """
+    _import_tensorrt()
+    import tensorrt as trt
+
+    def log(self: Any, severity: trt.ILogger.Severity, msg: str) -> None:
+        _log.log(_LOG_LEVELS.get(str(severity.name), logging.DEBUG), "TensorRT: %s", msg)
+
+    bridge = type("_LoggingBridge", (trt.ILogger,), {"log": log})
+    logger: trt.ILogger = bridge()
+    return logger
+
+
+# --------------------------------------------------------------------------------------------------
+# The record beside each engine
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An engine input or output: name, shape (-1 where dynamic) and TensorRT data type name."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    """The min/opt/max shapes one optimisation profile allows for one input."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class EngineRecord:
+    """What an engine was built from, where and how: `<engine>.json`, checked before every load.
+
+    `engine_sha256` detects a corrupted or replaced engine; `onnx_sha256` ties it to its ONNX file.
+    """
+
+    tensorrt_version: str
+    device_name: str
+    compute_capability: str
+    precision: str
+    strongly_typed: bool
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    profile: tuple[ProfileShape, ...]
+    workspace_bytes: int
+    build_time_s: float
+    onnx_path: str
+    onnx_sha256: str
+    engine_sha256: str
+    hwdsa_version: str
+    built_at: str
+    schema_version: int = RECORD_SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EngineRecord:
+        """Parse a record; a wrong schema version or a missing field raises EngineMismatchError."""
+        version = data.get("schema_version")
+        if version != RECORD_SCHEMA_VERSION:
+            raise EngineMismatchError(
+                f"engine record schema_version is {version!r}; this hwdsa reads {RECORD_SCHEMA_VERSION}: rebuild the engine"
+            )
+        try:
+            return cls(
+                tensorrt_version=str(data["tensorrt_version"]),
+                device_name=str(data["device_name"]),
+                compute_capability=str(data["compute_capability"]),
+                precision=str(data["precision"]),
+                strongly_typed=bool(data["strongly_typed"]),
+                inputs=tuple(TensorSpec(str(t["name"]), tuple(t["shape"]), str(t["dtype"])) for t in data["inputs"]),
+                outputs=tuple(TensorSpec(str(t["name"]), tuple(t["shape"]), str(t["dtype"])) for t in data["outputs"]),
+                profile=tuple(
+                    ProfileShape(str(p["name"]), tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+                    for p in data["profile"]
+                ),
+                workspace_bytes=int(data["workspace_bytes"]),
+                build_time_s=float(data["build_time_s"]),
+                onnx_path=str(data["onnx_path"]),
+                onnx_sha256=str(data["onnx_sha256"]),
+                engine_sha256=str(data["engine_sha256"]),
+                hwdsa_version=str(data["hwdsa_version"]),
+                built_at=str(data["built_at"]),
+                schema_version=int(version),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineMismatchError(f"engine record is malformed ({type(exc).__name__}: {exc}): rebuild the engine") from exc
+
+
+def record_path(engine_path: str | os.PathLike[str]) -> Path:
+    """Where an engine's record lives: `<engine>.json` beside it."""
+    path = Path(engine_path)
+    return path.with_name(path.name + ".json")
+
+
+def read_engine_record(engine_path: str | os.PathLike[str]) -> EngineRecord:
+    """The record of the engine at `engine_path`; EngineMismatchError when it is missing or malformed."""
+    rpath = record_path(engine_path)
+    if not rpath.is_file():
+        raise EngineMismatchError(
+            f"{os.fspath(engine_path)} has no record ({rpath} is missing): hwdsa only loads engines it can check; "
+            "rebuild it with engine_from_onnx"
+        )
+    try:
+        data = json.loads(rpath.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineMismatchError(f"engine record {rpath} is unreadable ({exc}): rebuild the engine") from exc
+    if not isinstance(data, dict):
+        raise EngineMismatchError(f"engine record {rpath} is not a JSON object: rebuild the engine")
+    return EngineRecord.from_dict(data)
+
+
+def check_engine_record(
+    engine_path: str | os.PathLike[str],
+    *,
+    tensorrt_version: str,
+    device_name: str,
+    compute_capability: str,
+    data: bytes | None = None,
+) -> EngineRecord:
+    """Check an engine file against its record and the current environment; pure Python, no TensorRT.
+
+    Args:
+        engine_path: the engine file.
+        tensorrt_version, device_name, compute_capability: the environment that would load it.
+        data: the engine's bytes when already read (otherwise the file is hashed from disk).
+
+    Raises:
+        ConfigError: the engine file does not exist.
+        EngineMismatchError: the record is missing or malformed, the file's sha256 differs from the
+            record's (corrupted or replaced), or it was built with another TensorRT version or device.
+    """
+    path = Path(engine_path)
+    if not path.is_file():
+        raise ConfigError(f"engine file {path} does not exist")
+    record = read_engine_record(path)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+    if digest != record.engine_sha256:
+        raise EngineMismatchError(
+            f"{path} is corrupted or was replaced: its sha256 {digest[:16]}... differs from the record's "
+            f"{record.engine_sha256[:16]}...; rebuild it with engine_from_onnx"
+        )
+    if record.tensorrt_version != tensorrt_version:
+        raise EngineMismatchError(
+            f"{path} was built with TensorRT {record.tensorrt_version}; this is TensorRT {tensorrt_version}. "
+            "Engines are not portable across TensorRT versions: rebuild it here with engine_from_onnx"
+        )
+    if (record.device_name, record.compute_capability) != (device_name, compute_capability):
+        raise EngineMismatchError(
+            f"{path} was built for {record.device_name} (compute capability {record.compute_capability}); "
+            f"this device is {device_name} ({compute_capability}). Engines are tuned to one GPU: rebuild it here"
+        )
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------------
+
+
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
+def _check_profile(batch_profile: Sequence[int]) -> tuple[int, int, int]:
+    values = tuple(int(b) for b in batch_profile)
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise ConfigError(f"batch_profile must be (min, opt, max) with 1 <= min <= opt <= max; got {tuple(batch_profile)}")
+    return values[0], values[1], values[2]
+
+
+def engine_from_onnx(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    precision: str = "fp32",
+    input_shape: Sequence[int],
+    batch_profile: Sequence[int] | None = None,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    calibration_data: BatchSource | None = None,
+) -> EngineRecord:
+    """Build a TensorRT engine from an ONNX file and write it, with its record, atomically.
+
+    Args:
+        onnx_path: the graph (FP32, or already Q/DQ for INT8).
+        engine_path: where the engine goes; the record goes to `<engine_path>.json`.
+        precision: "fp32", "fp16" or "int8" (see the module docstring).
+        input_shape: the input's shape, batch first; its batch is the profile's optimum.
+        batch_profile: (min, opt, max) batch sizes the engine accepts; default (1, batch, batch).
+        workspace_bytes: the builder's workspace memory pool limit.
+        calibration_data: for INT8 when the graph has no Q/DQ nodes: real input batches from which
+            `qdq_onnx_from_onnx` makes `<engine stem>.qdq.onnx` beside the engine.
+
+    Returns:
+        The engine's record (also written to `<engine_path>.json`).
+
+    Raises:
+        ConfigError: bad arguments, INT8 without Q/DQ nodes or calibration data, a Q/DQ graph at
+            another precision, or an input shape that does not match the graph.
+        BackendUnavailableError: TensorRT or a CUDA device is missing.
+        ExportError: TensorRT cannot parse the graph or build the engine.
+    """
+    source = Path(onnx_path)
+    target = Path(engine_path)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    if int(workspace_bytes) < 1 << 20:
+        raise ConfigError(f"workspace_bytes must be >= 1 MiB; got {workspace_bytes}")
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ConfigError(f"input_shape must be batch-first with every dimension >= 1; got {tuple(input_shape)}")
+    profile_batches = _check_profile(batch_profile if batch_profile is not None else (1, shape[0], shape[0]))
+    if not source.is_file():
+        raise ConfigError(f"ONNX file {source} does not exist")
+    has_qdq = is_qdq_onnx(source)
+    if precision == "int8" and not has_qdq and calibration_data is None:
+        raise ConfigError(
+            f"INT8 needs calibration data: {source} has no Q/DQ nodes, so pass calibration_data= a few hundred "
+            "real input samples (or a graph from qdq_onnx_from_onnx)"
+        )
+    if precision != "int8" and has_qdq:
+        raise ConfigError(f"{source} has Q/DQ nodes (an INT8 graph); build it with precision='int8'")
+
+    _import_tensorrt()
+    import tensorrt as trt
+
+    _require_cuda()
+    if precision == "int8" and not has_qdq:
+        from hwdsa.export.quantize import qdq_onnx_from_onnx
+
+        source = qdq_onnx_from_onnx(source, target.with_name(f"{target.stem}.qdq.onnx"), calibration_data=calibration_data)
+    strongly_typed = precision == "int8"
+    logger = _trt_logger()
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(os.fspath(source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ExportError(f"TensorRT {trt.__version__} cannot parse {source}: {errors or 'no error recorded'}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+    if precision == "fp16":
+        if not builder.platform_has_fast_fp16:
+            _log.warning("this GPU has no fast FP16; the FP16 engine may be no faster than FP32")
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+
+    profile = builder.create_optimization_profile()
+    profile_shapes: list[ProfileShape] = []
+    inputs: list[TensorSpec] = []
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = _dims(tensor.shape)
+        inputs.append(TensorSpec(tensor.name, dims, str(tensor.dtype.name)))
+        if len(dims) != len(shape) or any(d not in (-1, s) for d, s in zip(dims[1:], shape[1:])):
+            raise ConfigError(f"input_shape {shape} does not match the graph's input {tensor.name} of shape {dims}")
+        if any(d == -1 for d in dims[1:]):
+            raise ConfigError(f"input {tensor.name} has dynamic dimensions {dims} other than the batch; export it with a fixed size")
+        if dims[0] == -1:
+            rest = list(dims[1:])
+            mn, opt, mx = ([b, *rest] for b in profile_batches)
+            profile.set_shape(tensor.name, trt.Dims(mn), trt.Dims(opt), trt.Dims(mx))
+            profile_shapes.append(ProfileShape(tensor.name, tuple(mn), tuple(opt), tuple(mx)))
+        else:
+            profile_shapes.append(ProfileShape(tensor.name, dims, dims, dims))
+    if any(s.min != s.max for s in profile_shapes):
+        config.add_optimization_profile(profile)
+    outputs = []
+    for i in range(network.num_outputs):
+        tensor = network.get_output(i)
+        outputs.append(TensorSpec(tensor.name, _dims(tensor.shape), str(tensor.dtype.name)))
+
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_time_s = time.perf_counter() - start
+    if serialized is None:
+        raise ExportError(
+            f"TensorRT {trt.__version__} could not build a {precision} engine from {source}: "
+            "see the TensorRT messages in the log (logger hwdsa.export.tensorrt)"
+        )
+    data = bytes(memoryview(serialized))
+    env = current_environment()
+    record = EngineRecord(
+        tensorrt_version=env["tensorrt_version"],
+        device_name=env["device_name"],
+        compute_capability=env["compute_capability"],
+        precision=precision,
+        strongly_typed=strongly_typed,
+        inputs=tuple(inputs),
+        outputs=tuple(outputs),
+        profile=tuple(profile_shapes),
+        workspace_bytes=int(workspace_bytes),
+        build_time_s=build_time_s,
+        onnx_path=os.fspath(source),
+        onnx_sha256=sha256_file(source),
+        engine_sha256=hashlib.sha256(data).hexdigest(),
+        hwdsa_version=__version__,
+        built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+        write_json_atomic(record_path(target), record.to_dict())
+    _log.info("built %s engine %s in %.1f s (%d bytes)", precision, target, build_time_s, len(data))
+    return record
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and running
+# --------------------------------------------------------------------------------------------------
+
+
+def engine_from_file(engine_path: str | os.PathLike[str]) -> trt.ICudaEngine:
+    """Deserialize an engine after checking it against its record and this machine.
+
+    Raises:
+        EngineMismatchError: no record, a corrupted file, or another TensorRT version or device.
+        BackendUnavailableError: TensorRT or a CUDA device is missing.
+    """
+    _import_tensorrt()
+    import tensorrt as trt
+
+    path = Path(engine_path)
+    if not path.is_file():
+        raise ConfigError(f"engine file {path} does not exist")
+    data = path.read_bytes()
+    check_engine_record(path, data=data, **current_environment())
+    runtime = trt.Runtime(_trt_logger())
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise EngineMismatchError(f"TensorRT could not deserialize {path}; see the TensorRT messages in the log")
+    return engine
+
+
+def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
+    import tensorrt as trt
+
+    table = {
+        trt.DataType.FLOAT: torch.float32,
+        trt.DataType.HALF: torch.float16,
+        trt.DataType.BF16: torch.bfloat16,
+        trt.DataType.INT8: torch.int8,
+        trt.DataType.UINT8: torch.uint8,
+        trt.DataType.INT32: torch.int32,
+        trt.DataType.INT64: torch.int64,
+        trt.DataType.BOOL: torch.bool,
+    }
+    try:
+        return table[dtype]
+    except KeyError:
+        raise ExportError(f"engine I/O tensors of type {dtype.name} are not supported by TrtRunner") from None
+
+
+class TrtRunner:
+    """Runs a TensorRT engine on torch CUDA tensors, on torch's current stream (no host round trip).
+
+    `runner(x)` feeds a single-input engine and returns its first output (a CUDA tensor);
+    `runner.infer(feeds)` takes and returns every named tensor. Inputs on the CPU are copied to the GPU.
+    """
+
+    def __init__(self, engine: trt.ICudaEngine, *, name: str = "tensorrt") -> None:
+        _import_tensorrt()
+        import tensorrt as trt
+
+        self.engine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise ExportError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.context: trt.IExecutionContext = context
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        self.input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in names}
+        self._name = name
+
+    @classmethod
+    def from_file(cls, engine_path: str | os.PathLike[str]) -> TrtRunner:
+        """Load a checked engine (see `engine_from_file`) and wrap it."""
+        record = read_engine_record(engine_path)
+        return cls(engine_from_file(engine_path), name=f"tensorrt[{record.precision}]")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Enqueue the engine on named inputs; returns the outputs (CUDA tensors, ready in stream order)."""
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise ConfigError(f"missing input(s) {missing}; the engine's inputs are {self.input_names}")
+        device = torch.device("cuda", torch.cuda.current_device())
+        keep_alive: list[torch.Tensor] = []  # inputs converted here must outlive the enqueue
+        for name in self.input_names:
+            tensor = feeds[name].to(device=device, dtype=self._dtypes[name]).contiguous()
+            if not self.context.set_input_shape(name, tuple(tensor.shape)):
+                allowed = [_dims(d) for d in self.engine.get_tensor_profile_shape(name, 0)]
+                raise ConfigError(
+                    f"input {name} of shape {tuple(tensor.shape)} is outside the engine's profile (min, opt, max) {allowed}"
+                )
+            self.context.set_tensor_address(name, tensor.data_ptr())
+            keep_alive.append(tensor)
+        outputs: dict[str, torch.Tensor] = {}
+        for name in self.output_names:
+            shape = _dims(self.context.get_tensor_shape(name))
+            if any(d < 0 for d in shape):
+                raise ExportError(f"output {name} has a data-dependent shape {shape}; TrtRunner does not support it")
+            out = torch.empty(shape, dtype=self._dtypes[name], device=device)
+            self.context.set_tensor_address(name, out.data_ptr())
+            outputs[name] = out
+        stream = torch.cuda.current_stream(device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ExportError(f"TensorRT execution of {self.name} failed; see the TensorRT messages in the log")
+        return outputs
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.input_names) != 1:
+            raise ConfigError(f"runner(x) needs a single-input engine; this one has {self.input_names}: use infer()")
+        return self.infer({self.input_names[0]: x})[self.output_names[0]]
+
+
+def time_engine(runner: TrtRunner, x: torch.Tensor, protocol: TimingProtocol | None = None) -> Measurement:
+    """Latency of one engine execution on a fixed CUDA input, under hwdsa's one timing protocol.
+
+    Each sample is bracketed by `torch.cuda.synchronize()`, so it measures the GPU work, not the launch.
+    """
+    if len(runner.input_names) != 1:
+        raise ConfigError(f"time_engine needs a single-input engine; this one has {runner.input_names}")
+    feeds = {runner.input_names[0]: x.to(device=torch.device("cuda", torch.cuda.current_device()))}
+    runner.infer(feeds)
+    torch.cuda.synchronize()
+    return time_callable(lambda: runner.infer(feeds), protocol, synchronize=torch.cuda.synchronize)

@@ -1,0 +1,372 @@
+"""The user's pruning job end to end: (pre-train) → DSA search → surgery → fine-tune → report.
+
+Every phase checkpoints after each epoch into the output folder; a killed job started again with
+`resume=True` continues from its last checkpoint and reaches the same result.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdsa._io import write_json_atomic, write_text_atomic
+from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hwdsa.costs import Budget, CostModel, FlopsCost, ParamsCost
+from hwdsa.counting import count_flops, count_params
+from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, world_size
+from hwdsa.dsa.allocator import AdmmConfig
+from hwdsa.dsa.process import Beta2Schedule
+from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, channels_within_budgets
+from hwdsa.errors import ConfigError
+from hwdsa.graph import ChannelGraph, trace_channel_graph
+from hwdsa.importance import group_importance
+from hwdsa.training import TrainConfig, batches_per_epoch, evaluate, make_optimizer, make_scheduler, set_epoch, train_epoch
+
+_log = logging.getLogger(__name__)
+
+REPORT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A budget as the user states it: a fraction of the dense cost, or an absolute value in the cost's unit."""
+
+    cost: str
+    fraction: float | None = None
+    absolute: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.absolute is None):
+            raise ConfigError(f"budget on {self.cost}: give exactly one of a fraction or an absolute value")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"budget on {self.cost}: a fraction must lie in (0, 1]; got {self.fraction}")
+        if self.absolute is not None and not self.absolute > 0:
+            raise ConfigError(f"budget on {self.cost}: must be positive; got {self.absolute}")
+
+    def resolve(self, cost: CostModel) -> Budget:
+        if self.fraction is not None:
+            return Budget.fraction_of_dense(cost, self.fraction)
+        assert self.absolute is not None
+        return Budget(cost, self.absolute)
+
+
+@dataclass(frozen=True)
+class PruneJobConfig:
+    """Everything a pruning job needs; written as `config.json` next to its outputs."""
+
+    model: str = "small_cnn"
+    dataset: str = "mnist"
+    data_root: str | None = None
+    budgets: tuple[BudgetSpec, ...] = (BudgetSpec("flops", fraction=0.5),)
+    from_scratch: bool = False
+    weights: str | None = None
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.05))
+    search: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.02))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.02))
+    admm: AdmmConfig = field(default_factory=AdmmConfig)
+    batch_size: int = 128
+    subset_per_class: int | None = None
+    holdout_fraction: float = 0.1
+    round_to: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    latency_table: str | None = None
+    fixed_keep_ratios: tuple[float, ...] | None = None
+    """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
+
+    def __post_init__(self) -> None:
+        if not self.budgets and self.fixed_keep_ratios is None:
+            raise ConfigError("give at least one budget, e.g. --flops 0.5")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["admm"]["beta2"] = asdict(self.admm.beta2)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneJobConfig:
+        """Inverse of `to_dict` (a JSON config file); unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        d = dict(d)
+        for key in ("pretrain", "search", "finetune"):
+            if key in d and isinstance(d[key], dict):
+                d[key] = TrainConfig(**d[key])
+        if isinstance(d.get("admm"), dict):
+            admm = dict(d["admm"])
+            if isinstance(admm.get("beta2"), dict):
+                admm["beta2"] = Beta2Schedule(**admm["beta2"])
+            d["admm"] = AdmmConfig(**admm)
+        if "budgets" in d:
+            d["budgets"] = tuple(b if isinstance(b, BudgetSpec) else BudgetSpec(**b) for b in d["budgets"])
+        if d.get("fixed_keep_ratios") is not None:
+            d["fixed_keep_ratios"] = tuple(d["fixed_keep_ratios"])
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def build_cost(name: str, graph: ChannelGraph, latency_table: str | None) -> CostModel:
+    """The cost model called `name` for this graph ("flops", "params" or "latency")."""
+    if name == "flops":
+        return FlopsCost(graph)
+    if name == "params":
+        return ParamsCost(graph)
+    if name == "latency":
+        if latency_table is None:
+            raise ConfigError("a latency budget needs a lookup table: pass --latency-table TABLE.csv (see `hwdsa profile`)")
+        from hwdsa.lut.cost_model import LatencyCost
+        from hwdsa.lut.table import LatencyTable
+
+        return LatencyCost.fit(LatencyTable.read(latency_table), graph)
+    raise ConfigError(f"unknown cost {name!r}; valid: flops, params, latency")
+
+
+def uniform_keep_ratio(budget: Budget, n_groups: int, lower: float = 1e-3) -> float:
+    """The one keep ratio that, given to every group, meets `budget` exactly (bisection; cost is monotone)."""
+    lo, hi = lower, 1.0
+    if float(budget.cost(torch.full((n_groups,), hi, dtype=torch.float64))) <= budget.limit:
+        return 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(budget.cost(torch.full((n_groups,), mid, dtype=torch.float64))) <= budget.limit:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def allocation_csv(graph: ChannelGraph, channels: list[int], ratios: list[float]) -> str:
+    """One row per channel group: its size, kept channels, the searched ratio and its member layers."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["group", "channels", "kept", "kept_fraction", "keep_ratio", "producers", "consumers"])
+    for g, c, r in zip(graph.groups, channels, ratios):
+        w.writerow([g.index, g.channels, c, f"{c / g.channels:.4f}", f"{r:.4f}", " ".join(g.producers), " ".join(g.consumers)])
+    return buf.getvalue()
+
+
+class PruneJob:
+    """Runs a `PruneJobConfig` into an output folder; see `run`."""
+
+    def __init__(self, config: PruneJobConfig, out_dir: str | Path) -> None:
+        self.config = config
+        self.out = Path(out_dir)
+        self.checkpoint = self.out / "checkpoint.pt"
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _loaders(self) -> tuple[Any, Any, Any, Any, Any]:
+        from hwdsa.data import load_dataset, make_loader
+
+        cfg = self.config
+        splits = load_dataset(
+            cfg.dataset, cfg.data_root, holdout_fraction=cfg.holdout_fraction, subset_per_class=cfg.subset_per_class, seed=cfg.seed
+        )
+        kw: dict[str, Any] = {"seed": cfg.seed, "rank": rank(), "world_size": world_size()}
+        train = make_loader(splits.train, cfg.batch_size, train=True, **kw)
+        holdout = make_loader(splits.holdout, cfg.batch_size, train=True, **kw)
+        test = make_loader(splits.test, 256, train=False, **kw)
+        return splits, train, holdout, test, splits.input_shape
+
+    def _train_phase(self, phase: str, model: nn.Module, cfg: TrainConfig, loader: Any, device: torch.device, resume: bool) -> float:
+        """Plain training with per-epoch checkpoints; returns seconds spent (this session)."""
+        optimizer = make_optimizer(model, cfg)
+        scheduler = make_scheduler(optimizer, cfg, batches_per_epoch(loader))
+        start = 0
+        if resume and self.checkpoint.is_file():
+            state = load_checkpoint(self.checkpoint)
+            if state.get("phase") == phase:
+                model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                set_rng_state(state["rng"])
+                start = int(state["epoch"])
+                _log.info("resumed %s after epoch %d", phase, start)
+        ddp = self._wrap(model, device)
+        t0 = time.perf_counter()
+        for epoch in range(start, cfg.epochs):
+            set_epoch(loader, epoch)
+            loss = train_epoch(ddp, loader, optimizer, scheduler, device, desc=f"{phase} {epoch + 1}/{cfg.epochs}")
+            _log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, cfg.epochs, loss)
+            if is_main_process():
+                save_checkpoint(
+                    self.checkpoint,
+                    {
+                        "phase": phase,
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(),
+                    },
+                )
+            barrier()
+        return time.perf_counter() - t0
+
+    @staticmethod
+    def _wrap(model: nn.Module, device: torch.device) -> nn.Module:
+        if not is_distributed():
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _done(self, name: str) -> Path:
+        return self.out / f".{name}.done.pt"
+
+    # -- the job ------------------------------------------------------------------------------
+    def run(self, *, resume: bool = False) -> dict[str, Any]:
+        """Run every phase and write `pruned.pt`, `allocation.csv`, `report.json` and `config.json`."""
+        from hwdsa.models import create_model
+        from hwdsa.surgery import plan_from_channels, prune, save_pruned
+
+        cfg = self.config
+        init_from_env()
+        device = resolve_device(cfg.device)
+        if is_distributed() and device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.manual_seed(cfg.seed)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            write_json_atomic(self.out / "config.json", cfg.to_dict())
+        timings: dict[str, float] = {}
+        t_job = time.perf_counter()
+
+        splits, train, holdout, test, input_shape = self._loaders()
+        model = create_model(cfg.model, num_classes=splits.num_classes, **_model_kwargs(cfg.model, input_shape)).to(device)
+        if cfg.weights:
+            state = torch.load(cfg.weights, map_location=device, weights_only=True)
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+
+        # Phase 1: a dense model to start from (unless pruning from scratch or given weights).
+        dense_done = self._done("dense")
+        if not cfg.from_scratch and not cfg.weights:
+            if resume and dense_done.is_file():
+                model.load_state_dict(torch.load(dense_done, map_location=device, weights_only=True))
+            else:
+                timings["pretrain_s"] = self._train_phase("pretrain", model, cfg.pretrain, train, device, resume)
+                if is_main_process():
+                    from hwdsa._io import atomic_path
+
+                    with atomic_path(dense_done) as tmp:
+                        torch.save(model.state_dict(), tmp)
+                barrier()
+        dense_acc = evaluate(model, test, device) if not cfg.from_scratch else None
+        graph = trace_channel_graph(model, input_shape)
+        budgets = [spec.resolve(build_cost(spec.cost, graph, cfg.latency_table)) for spec in cfg.budgets]
+
+        # Phase 2: the search (or fixed ratios for baselines).
+        search_done = self._done("search")
+        result: SearchResult | None = None
+        if resume and search_done.is_file():
+            saved = torch.load(search_done, map_location=device, weights_only=True)
+            model.load_state_dict(saved["model"])
+            channels, ratios = list(saved["channels"]), list(saved["ratios"])
+            history = json.loads(saved["history"])
+            timings.update(json.loads(saved["timings"]))
+        elif cfg.fixed_keep_ratios is not None:
+            ratios = list(cfg.fixed_keep_ratios)
+            if len(ratios) == 1:
+                ratios = ratios * len(graph.groups)
+            channels = channels_within_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            history = []
+        else:
+            ddp = self._wrap(model, device)
+            searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device)
+            result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume)
+            ratios = result.keep_ratios
+            channels = channels_within_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            history = result.history
+            timings["search_s"] = result.seconds
+            timings["search_s_per_step"] = result.seconds / max(1, result.weight_steps)
+        if is_main_process() and not (resume and search_done.is_file()):
+            from hwdsa._io import atomic_path
+
+            with atomic_path(search_done) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "channels": channels,
+                        "ratios": ratios,
+                        "history": json.dumps(history),
+                        "timings": json.dumps(timings),
+                    },
+                    tmp,
+                )
+        barrier()
+
+        # Phase 3: surgery and fine-tuning.
+        importance = group_importance(model, graph, mode=cfg.admm.importance)
+        plan = plan_from_channels(graph, importance, channels)
+        pruned = prune(model, graph, plan).to(device)
+        flops_exact = FlopsCost(graph).exact(channels)
+        flops_counted = count_flops(pruned, input_shape)
+        if int(round(flops_exact)) != flops_counted:
+            raise RuntimeError(f"FLOPs of the pruned network ({flops_counted}) differ from the cost function ({flops_exact}): a bug")
+        acc_before_ft = evaluate(pruned, test, device)
+        timings["finetune_s"] = self._train_phase("finetune", pruned, cfg.finetune, train, device, resume)
+        pruned_acc = evaluate(pruned, test, device)
+        timings["total_s"] = time.perf_counter() - t_job
+
+        dense_flops, dense_params = FlopsCost(graph).dense, ParamsCost(graph).dense
+        report: dict[str, Any] = {
+            "report_version": REPORT_VERSION,
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            "flow": "from_scratch" if cfg.from_scratch else ("fixed_ratios" if cfg.fixed_keep_ratios else "pretrained"),
+            "budgets": {b.cost.name: {"limit": b.limit, "unit": b.cost.unit, "fraction_of_dense": b.limit / b.cost.dense, "achieved": b.cost.exact(channels)} for b in budgets},
+            "dense": {"accuracy": dense_acc, "flops": dense_flops, "params": dense_params},
+            "pruned": {
+                "accuracy": pruned_acc,
+                "accuracy_before_finetune": acc_before_ft,
+                "flops": flops_counted,
+                "params": count_params(pruned),
+                "flops_fraction": flops_counted / dense_flops,
+                "params_fraction": count_params(pruned) / dense_params,
+            },
+            "groups": len(graph.groups),
+            "channels": channels,
+            "keep_ratios": ratios,
+            "search_history": history,
+            "timings": timings,
+            "world_size": world_size(),
+            "device": str(device),
+            "admm": {k: v for k, v in cfg.admm.to_dict().items()},
+        }
+        if is_main_process():
+            save_pruned(self.out / "pruned.pt", pruned, plan, extra={"report": json.dumps(report)})
+            write_text_atomic(self.out / "allocation.csv", allocation_csv(graph, channels, ratios))
+            write_json_atomic(self.out / "report.json", report)
+            self.checkpoint.unlink(missing_ok=True)
+        barrier()
+        return report
+
+
+def _model_kwargs(name: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Per-model construction arguments that depend on the data (the small CNN's input channels)."""
+    return {"in_channels": int(input_shape[0])} if name == "small_cnn" else {}
+
+
+def with_overrides(config: PruneJobConfig, **overrides: Any) -> PruneJobConfig:
+    """A copy of `config` with some fields replaced (CLI flags over a config file)."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

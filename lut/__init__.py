@@ -1,0 +1,58 @@
+"""Latency lookup tables and the cost model built on them: table → grid → fit → LatencyCost → rounding.
+
+Names are imported lazily, so reading or merging a table (pandas) does not import torch or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hwdsa.lut.calibrate import Calibration as Calibration
+    from hwdsa.lut.calibrate import attach_calibration as attach_calibration
+    from hwdsa.lut.calibrate import calibrations as calibrations
+    from hwdsa.lut.calibrate import fit_calibration as fit_calibration
+    from hwdsa.lut.cost_model import LatencyCost as LatencyCost
+    from hwdsa.lut.grid import GridConfig as GridConfig
+    from hwdsa.lut.grid import GridPlan as GridPlan
+    from hwdsa.lut.grid import grid_specs as grid_specs
+    from hwdsa.lut.grid import plan_grid as plan_grid
+    from hwdsa.lut.rounding import round_to_latency_optimal as round_to_latency_optimal
+    from hwdsa.lut.table import LatencyTable as LatencyTable
+    from hwdsa.lut.table import TableMeta as TableMeta
+    from hwdsa.lut.table import load_packaged_table as load_packaged_table
+    from hwdsa.lut.table import packaged_tables as packaged_tables
+
+_LAZY: dict[str, str] = {
+    "LatencyTable": "hwdsa.lut.table",
+    "TableMeta": "hwdsa.lut.table",
+    "packaged_tables": "hwdsa.lut.table",
+    "load_packaged_table": "hwdsa.lut.table",
+    "GridConfig": "hwdsa.lut.grid",
+    "GridPlan": "hwdsa.lut.grid",
+    "plan_grid": "hwdsa.lut.grid",
+    "grid_specs": "hwdsa.lut.grid",
+    "LatencyCost": "hwdsa.lut.cost_model",
+    "Calibration": "hwdsa.lut.calibrate",
+    "fit_calibration": "hwdsa.lut.calibrate",
+    "attach_calibration": "hwdsa.lut.calibrate",
+    "calibrations": "hwdsa.lut.calibrate",
+    "round_to_latency_optimal": "hwdsa.lut.rounding",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'hwdsa.lut' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

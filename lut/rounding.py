@@ -1,0 +1,144 @@
+"""After the search: round each group's channel count to a latency-optimal neighbour within the budget.
+
+The search ends with real-valued counts α_g·C_g. Rounding them to the nearest integer ignores the
+device: on a GPU, 33 channels often cost what 40 cost, and 40 may even be faster than 36. This
+pass looks only at the table's step points (the counts it measured) around each searched count and
+keeps as many channels as the budget allows, priced by `LatencyCost.exact` (true table values).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.lut.cost_model import LatencyCost
+
+_log = logging.getLogger(__name__)
+
+
+def _steps(cost: LatencyCost, group: int, multiple: int | None) -> list[int]:
+    """The counts `group` may be rounded to: multiples of `multiple`, or the table's step points.
+
+    The full width is always one (pruning may keep a group whole).
+    """
+    size = cost.group_sizes[group]
+    if multiple is not None:
+        return sorted(set(range(multiple, size + 1, multiple)) | {size})
+    return sorted(set(cost.step_points(group)) | {size})
+
+
+def _neighbours(count: float, steps: Sequence[int]) -> list[int]:
+    """The nearest step point at or below `count` (the lowest one if none is) and at or above it."""
+    below = [p for p in steps if p <= count + 1e-9]
+    above = [p for p in steps if p >= count - 1e-9]
+    return sorted({below[-1] if below else steps[0], above[0] if above else steps[-1]})
+
+
+def round_to_latency_optimal(
+    channels: Sequence[float],
+    cost: LatencyCost,
+    limit: float,
+    *,
+    multiple: int | None = None,
+) -> tuple[int, ...]:
+    """Integer channel counts near `channels` that keep ``cost.exact(counts) <= limit``.
+
+    The rule, per group g with searched count x_g (float or int):
+
+    1. Neighbours: the nearest step point at or below x_g ("down") and at or above it ("up"); step
+       points are the table's measured counts for the group (`cost.step_points`), or the multiples of
+       `multiple` when given (the full width is always one).
+    2. Start every group at "down", and move it "up" wherever that is no slower (a staircase tread,
+       or an aligned width the device runs faster). If the budget is still exceeded (the search's
+       continuous cost under-priced), repair: repeatedly move the group whose next lower step point
+       saves the most latency per channel removed, until the budget holds; nothing left to remove raises.
+    3. Grow: repeatedly raise a group from "down" to "up", choosing among the moves that keep the
+       budget the one with the least latency added per channel gained (a move that costs nothing or
+       saves latency, a staircase tread or a faster aligned width, goes first). Stop when no move fits.
+
+    The result keeps the budget by construction and, among the neighbours, prefers counts the device
+    runs fastest per channel kept: the channel count is the accuracy proxy. On a coarse (CPU) grid
+    the step points are far apart; pass ``multiple=1`` to round to any integer (priced by
+    interpolation between the measured points) or a vector width such as 8.
+
+    Raises:
+        BudgetInfeasibleError: no neighbour configuration, even one channel per group, meets `limit`.
+        ConfigError: a count or `multiple` out of range.
+    """
+    sizes = cost.group_sizes
+    if len(channels) != len(sizes):
+        raise ConfigError(f"expected {len(sizes)} channel counts (one per group), got {len(channels)}")
+    if multiple is not None and multiple < 1:
+        raise ConfigError(f"multiple must be >= 1; got {multiple}")
+    for g, (x, c) in enumerate(zip(channels, sizes)):
+        if not (math.isfinite(float(x)) and 0 < float(x) <= c + 1e-9):
+            raise ConfigError(f"group {g}: count {x} outside (0, {c}]")
+    steps = [_steps(cost, g, multiple) for g in range(len(sizes))]
+    cands = [_neighbours(float(x), steps[g]) for g, x in enumerate(channels)]
+    current = [cs[0] for cs in cands]
+    latency = cost.exact(current)
+
+    # Dominance: where the step point above is no slower (a staircase tread, a faster aligned width),
+    # take it: more channels for no latency.
+    moved = True
+    while moved:
+        moved = False
+        for g, cs in enumerate(cands):
+            ups = [u for u in cs if u > current[g]]
+            if ups:
+                trial = current.copy()
+                trial[g] = ups[0]
+                lat = cost.exact(trial)
+                if lat <= latency:
+                    current, latency, moved = trial, lat, True
+
+    # 2. Repair: walk down the step points until the budget holds.
+    while latency > limit:
+        best: tuple[float, int, int, float] | None = None
+        for g, c in enumerate(current):
+            lower_steps = [p for p in steps[g] if p < c]
+            if not lower_steps:
+                continue
+            lower = lower_steps[-1]
+            trial = current.copy()
+            trial[g] = lower
+            lat = cost.exact(trial)
+            saving = (latency - lat) / (c - lower)
+            if best is None or saving > best[0]:
+                best = (saving, g, lower, lat)
+        if best is None:
+            raise BudgetInfeasibleError(
+                f"no channel counts meet the latency budget {limit:.4g} ms: one channel per group already costs "
+                f"{latency:.4g} ms; raise the budget"
+            )
+        _, g, lower, latency = best
+        cands[g] = sorted({lower, current[g]})
+        current[g] = lower
+        _log.debug("rounding: repair moves group %d down to %d (%.4g ms)", g, lower, latency)
+
+    # 3. Grow: take the cheapest moves up that keep the budget.
+    while True:
+        best = None
+        for g, cs in enumerate(cands):
+            ups = [u for u in cs if u > current[g]]
+            if not ups:
+                continue
+            trial = current.copy()
+            trial[g] = ups[0]
+            lat = cost.exact(trial)
+            if lat > limit:
+                continue
+            price = (lat - latency) / (ups[0] - current[g])
+            if best is None or price < best[0]:
+                best = (price, g, ups[0], lat)
+        if best is None:
+            break
+        _, g, up, latency = best
+        current[g] = up
+    _log.info("latency-optimal rounding: %.4g ms for a budget of %.4g ms", latency, limit)
+    return tuple(current)
+
+
+__all__ = ["round_to_latency_optimal"]

@@ -1,0 +1,611 @@
+"""LatencyTable: measured per-layer latencies of one device/backend/precision/batch, validated on read.
+
+The file format is shared with the stdlib writer of the edge agent (`hwdsa.profilers.tablefile`):
+one CSV file whose first line is ``# hwdsa-latency-table `` followed by one line of JSON metadata,
+then a CSV header with the columns `SPEC_COLUMNS + MEASUREMENT_COLUMNS`, then `rows` data rows.
+A table is refused (`TableError`) rather than half-trusted: a truncated file, a NaN, a non-positive
+median or a duplicate key would otherwise turn into a silently wrong latency budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import platform
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from hwdsa._io import atomic_write
+from hwdsa.errors import TableError
+from hwdsa.profilers.base import (
+    ACTIVATIONS,
+    LAYER_KINDS,
+    MEASUREMENT_COLUMNS,
+    PRECISIONS,
+    SPEC_COLUMNS,
+    LayerSpec,
+    Measurement,
+)
+
+_log = logging.getLogger(__name__)
+
+MAGIC = "# hwdsa-latency-table "
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+COLUMNS: tuple[str, ...] = (*SPEC_COLUMNS, *MEASUREMENT_COLUMNS)
+
+_INT_COLUMNS = (
+    "in_channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
+    "groups", "in_h", "in_w", "batch_size", "repeats", "attempts",
+)  # fmt: skip
+_FLOAT_COLUMNS = ("median_ms", "q1_ms", "q3_ms", "min_ms", "load_avg")
+_STR_COLUMNS = ("kind", "activation", "precision")
+_BOOL_COLUMNS = ("noisy",)
+# os.getloadavg() is unavailable on some platforms: the profiler then records NaN, which is not an error.
+_NAN_ALLOWED = ("load_avg",)
+_POSITIVE_COLUMNS = (
+    "in_channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "groups", "in_h", "in_w",
+    "batch_size", "repeats", "attempts",
+)  # fmt: skip
+_REQUIRED_META = ("schema_version", "device", "backend", "precision", "batch_size", "rows")
+_KNOWN_META = (*_REQUIRED_META, "versions", "host", "created_at", "protocol", "calibration")
+# Relative slack for q1 <= median <= q3: the quartiles come from the same float samples, so only a
+# decimal round trip could break the order, by an ulp or two.
+_ORDER_RTOL = 1e-9
+
+OnDuplicate = Literal["error", "keep_first", "keep_last", "keep_quietest"]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What a table was measured on: one device, backend, precision and batch size.
+
+    `versions` records library versions (backend, driver, torch ...), `protocol` the `TimingProtocol`
+    used, `calibration` what end-to-end calibration learned per network (see `hwdsa.lut.calibrate`),
+    and `extra` any metadata keys this version of hwdsa does not know (kept on rewrite).
+    """
+
+    device: str
+    backend: str
+    precision: str
+    batch_size: int
+    versions: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    host: str = ""
+    created_at: str = ""
+    protocol: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    calibration: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.device, str) or not self.device:
+            raise TableError(f"table metadata: 'device' must be a non-empty string; got {self.device!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise TableError(f"table metadata: 'backend' must be a non-empty string; got {self.backend!r}")
+        if self.precision not in PRECISIONS:
+            raise TableError(f"table metadata: 'precision' must be one of {PRECISIONS}; got {self.precision!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise TableError(f"table metadata: 'batch_size' must be a positive integer; got {self.batch_size!r}")
+        if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
+            raise TableError(
+                f"table schema_version {self.schema_version!r} is not supported by this hwdsa "
+                f"(supported: {SUPPORTED_SCHEMA_VERSIONS}); upgrade hwdsa or re-profile the table"
+            )
+        for name in ("versions", "protocol", "calibration", "extra"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise TableError(f"table metadata: {name!r} must be a JSON object; got {type(value).__name__}")
+            # Own a deep copy, so a caller mutating its dict cannot change a frozen record.
+            object.__setattr__(self, name, copy.deepcopy(dict(value)))
+
+    def to_json(self, rows: int) -> dict[str, Any]:
+        """The metadata object of the file header (with the row count the reader checks)."""
+        obj: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "device": self.device,
+            "backend": self.backend,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "versions": dict(self.versions),
+            "host": self.host,
+            "created_at": self.created_at,
+            "rows": rows,
+            "protocol": dict(self.protocol),
+        }
+        if self.calibration:
+            obj["calibration"] = dict(self.calibration)
+        for key, value in self.extra.items():
+            obj.setdefault(key, value)
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> TableMeta:
+        """Parse the header object; `rows` is checked by `LatencyTable.read`, not stored."""
+        missing = [k for k in _REQUIRED_META if k not in obj]
+        if missing:
+            raise TableError(
+                f"table metadata lacks {', '.join(map(repr, missing))}; a table header needs "
+                f"{', '.join(_REQUIRED_META)} (re-profile, or fix the first line of the file)"
+            )
+        version = obj["schema_version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise TableError(f"table metadata: 'schema_version' must be an integer; got {version!r}")
+        return cls(
+            device=obj["device"],
+            backend=obj["backend"],
+            precision=obj["precision"],
+            batch_size=obj["batch_size"],
+            versions=obj.get("versions") or {},
+            host=str(obj.get("host") or ""),
+            created_at=str(obj.get("created_at") or ""),
+            protocol=obj.get("protocol") or {},
+            calibration=obj.get("calibration") or {},
+            extra={k: v for k, v in obj.items() if k not in _KNOWN_META},
+            schema_version=version,
+        )
+
+    def describe(self) -> str:
+        """One line naming the conditions, for messages."""
+        return f"device={self.device!r} backend={self.backend!r} precision={self.precision} batch={self.batch_size}"
+
+
+def _spec_key(spec: LayerSpec) -> tuple[Any, ...]:
+    return tuple(spec.to_row().values())
+
+
+def _empty_frame() -> pd.DataFrame:
+    return _normalise(pd.DataFrame({c: [] for c in COLUMNS}))
+
+
+def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    """Canonical column order and dtypes, so a table built in memory equals the same table read back."""
+    out = frame.loc[:, list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]].copy()
+    for c in _INT_COLUMNS:
+        out[c] = out[c].astype("int64")
+    for c in _FLOAT_COLUMNS:
+        out[c] = out[c].astype("float64")
+    for c in _STR_COLUMNS:
+        out[c] = out[c].astype(object)
+    for c in _BOOL_COLUMNS:
+        out[c] = out[c].astype(bool)
+    return out.reset_index(drop=True)
+
+
+def _rows_text(mask: pd.Series | np.ndarray, limit: int = 5) -> str:
+    """File line numbers (header = line 2, first row = line 3) of the rows where `mask` holds."""
+    idx = np.flatnonzero(np.asarray(mask))
+    shown = ", ".join(str(i + 3) for i in idx[:limit])
+    return f"line {shown}" + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
+
+
+def _parse_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Convert string columns read from CSV to their dtypes, naming the first bad cell."""
+    out = raw.copy()
+    for c in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
+        values = pd.to_numeric(raw[c], errors="coerce")
+        blank = raw[c].isna() | raw[c].astype(str).str.strip().str.lower().isin(["", "nan"])
+        if c not in _NAN_ALLOWED and blank.any():
+            raise TableError(
+                f"{source}: column {c!r} is empty or NaN at {_rows_text(blank)}; the table is incomplete "
+                "(an interrupted profile?): re-profile those entries"
+            )
+        bad = values.isna() & ~blank
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TableError(
+                f"{source}: column {c!r} must be numeric; got {raw[c].iloc[first]!r} at {_rows_text(bad)}"
+            )
+        if c in _INT_COLUMNS:
+            frac = values.notna() & (values != np.round(values))
+            if frac.any():
+                first = int(np.flatnonzero(frac.to_numpy())[0])
+                raise TableError(
+                    f"{source}: column {c!r} must hold integers; got {raw[c].iloc[first]!r} at {_rows_text(frac)}"
+                )
+        out[c] = values
+    for c in _BOOL_COLUMNS:
+        text = raw[c].astype(str).str.strip().str.lower()
+        truth = text.isin(["true", "1"])
+        bad = ~(truth | text.isin(["false", "0"]))
+        if bad.any():
+            first = int(np.flatnonzero(bad.to_numpy())[0])
+            raise TableError(
+                f"{source}: column {c!r} must be True or False; got {raw[c].iloc[first]!r} at {_rows_text(bad)}"
+            )
+        out[c] = truth
+    for c in _STR_COLUMNS:
+        out[c] = raw[c].astype(object)
+    return out
+
+
+def _validate_frame(frame: pd.DataFrame, meta: TableMeta, source: str) -> None:
+    """Value checks shared by `read` and the constructor: every refusal says which lines and why."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise TableError(
+            f"{source}: missing column(s) {', '.join(missing)}; a latency table needs the columns "
+            f"{', '.join(COLUMNS)} (written by `hwdsa profile`)"
+        )
+    for c in _STR_COLUMNS:
+        if frame[c].isna().any():
+            raise TableError(f"{source}: column {c!r} is empty at {_rows_text(frame[c].isna())}")
+    for c, allowed in (("kind", LAYER_KINDS), ("activation", ACTIVATIONS), ("precision", PRECISIONS)):
+        bad = ~frame[c].isin(allowed)
+        if bad.any():
+            first = frame[c][bad].iloc[0]
+            raise TableError(f"{source}: column {c!r} must be one of {allowed}; got {first!r} at {_rows_text(bad)}")
+    for c in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
+        if c in _NAN_ALLOWED:
+            continue
+        nan = frame[c].isna() | ~np.isfinite(frame[c].to_numpy(dtype=float))
+        if nan.any():
+            raise TableError(
+                f"{source}: column {c!r} holds NaN or infinity at {_rows_text(nan)}; "
+                "re-profile those entries (a failed measurement must not enter a budget)"
+            )
+    for c in _POSITIVE_COLUMNS:
+        bad = frame[c] < 1
+        if bad.any():
+            raise TableError(f"{source}: column {c!r} must be >= 1; got {frame[c][bad].iloc[0]} at {_rows_text(bad)}")
+    for c in ("pad_h", "pad_w"):
+        bad = frame[c] < 0
+        if bad.any():
+            raise TableError(f"{source}: column {c!r} must be >= 0; got {frame[c][bad].iloc[0]} at {_rows_text(bad)}")
+    bad = (frame["in_channels"] % frame["groups"] != 0) | (frame["out_channels"] % frame["groups"] != 0)
+    if bad.any():
+        raise TableError(f"{source}: 'groups' must divide in_channels and out_channels at {_rows_text(bad)}")
+    for c in ("median_ms", "q1_ms", "q3_ms", "min_ms"):
+        bad = frame[c] <= 0
+        if bad.any():
+            raise TableError(
+                f"{source}: latency column {c!r} must be positive (ms); got {frame[c][bad].iloc[0]} at "
+                f"{_rows_text(bad)}; re-profile those entries"
+            )
+    med, q1, q3 = frame["median_ms"], frame["q1_ms"], frame["q3_ms"]
+    bad = (q1 > med * (1 + _ORDER_RTOL)) | (med > q3 * (1 + _ORDER_RTOL))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise TableError(
+            f"{source}: quartiles out of order (need q1_ms <= median_ms <= q3_ms); got "
+            f"{q1.iloc[i]} / {med.iloc[i]} / {q3.iloc[i]} at {_rows_text(bad)}"
+        )
+    for c, want in (("precision", meta.precision), ("batch_size", meta.batch_size)):
+        bad = frame[c] != want
+        if bad.any():
+            raise TableError(
+                f"{source}: column {c!r} must equal the header's {c} {want!r} in every row; got "
+                f"{frame[c][bad].iloc[0]!r} at {_rows_text(bad)} (one table holds one precision and batch size: "
+                "split the file)"
+            )
+    dup = frame.duplicated(subset=list(SPEC_COLUMNS), keep=False)
+    if dup.any():
+        raise TableError(
+            f"{source}: duplicate layer specs at {_rows_text(dup)}; each spec must appear once "
+            "(merge re-measurements with `LatencyTable.concat(..., on_duplicate=...)`)"
+        )
+
+
+class LatencyTable:
+    """Median latency in ms of every profiled `LayerSpec`, with the conditions it was measured in.
+
+    `frame` has one row per spec (columns `COLUMNS`); treat it as read-only. Build one from
+    measurements with `from_measurements`, or `read` a file. `lookup` never invents a value: an
+    entry that was not profiled raises `TableError`.
+    """
+
+    def __init__(self, frame: pd.DataFrame, meta: TableMeta, *, source: str = "latency table") -> None:
+        _validate_frame(frame, meta, source)
+        self.frame = _normalise(frame)
+        self.meta = meta
+        self._index: dict[tuple[Any, ...], int] | None = None
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def from_measurements(
+        cls,
+        items: Iterable[tuple[LayerSpec, Measurement]],
+        *,
+        device: str,
+        backend: str,
+        precision: str = "fp32",
+        batch_size: int = 1,
+        versions: Mapping[str, Any] | None = None,
+        protocol: Mapping[str, Any] | None = None,
+        host: str | None = None,
+    ) -> LatencyTable:
+        """A table from (spec, measurement) pairs, stamped with this host and the current time."""
+        rows = [{**spec.to_row(), **m.to_row()} for spec, m in items]
+        frame = pd.DataFrame(rows, columns=list(COLUMNS)) if rows else _empty_frame()
+        meta = TableMeta(
+            device=device,
+            backend=backend,
+            precision=precision,
+            batch_size=batch_size,
+            versions=versions or {"python": platform.python_version()},
+            host=socket.gethostname() if host is None else host,
+            created_at=_now(),
+            protocol=protocol or {},
+        )
+        return cls(frame, meta)
+
+    @classmethod
+    def read(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        expect_device: str | None = None,
+        expect_backend: str | None = None,
+        expect_precision: str | None = None,
+        expect_batch_size: int | None = None,
+    ) -> LatencyTable:
+        """Read and validate a table file; refuse one measured under other conditions than expected.
+
+        Raises:
+            TableError: the file is missing, malformed, truncated, holds an invalid value, or was
+                measured on another device/backend/precision/batch size than an `expect_*` names.
+        """
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise TableError(f"no latency table at {source}; profile one with `hwdsa profile`") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TableError(f"cannot read latency table {source}: {exc}") from exc
+        first, sep, body = text.partition("\n")
+        if not first.startswith(MAGIC):
+            raise TableError(
+                f"{source}: not an hwdsa latency table: its first line must start with {MAGIC.strip()!r}; "
+                f"got {first[:60]!r}"
+            )
+        try:
+            obj = json.loads(first[len(MAGIC) :])
+        except json.JSONDecodeError as exc:
+            raise TableError(f"{source}: the metadata on line 1 is not valid JSON ({exc.msg} at column {exc.colno + len(MAGIC)})") from None
+        if not isinstance(obj, dict):
+            raise TableError(f"{source}: the metadata on line 1 must be a JSON object; got {type(obj).__name__}")
+        meta = TableMeta.from_json(obj)
+        rows = obj["rows"]
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise TableError(f"{source}: metadata 'rows' must be a non-negative integer; got {rows!r}")
+        cls._check_expectations(meta, source, expect_device, expect_backend, expect_precision, expect_batch_size)
+        if not body.strip():
+            raise TableError(f"{source}: the CSV header (line 2) is missing; the file is truncated: re-profile")
+        try:
+            raw = pd.read_csv(
+                io.StringIO(body), dtype=str, keep_default_na=False, na_values=[], skip_blank_lines=True
+            )
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise TableError(f"{source}: malformed CSV ({exc}); the file is corrupted: re-profile") from None
+        missing = [c for c in COLUMNS if c not in raw.columns]
+        if missing:
+            raise TableError(
+                f"{source}: missing column(s) {', '.join(missing)} in the CSV header; a latency table needs "
+                f"{', '.join(COLUMNS)}"
+            )
+        if len(raw) != rows:
+            raise TableError(
+                f"{source}: the header says {rows} rows but the file holds {len(raw)}; the file is truncated "
+                "or was edited: re-profile (resume keeps the rows already measured)"
+            )
+        raw = raw.replace("", np.nan) if len(raw) else raw
+        frame = _parse_columns(raw, source)
+        return cls(frame, meta, source=source)
+
+    @staticmethod
+    def _check_expectations(
+        meta: TableMeta,
+        source: str,
+        device: str | None,
+        backend: str | None,
+        precision: str | None,
+        batch_size: int | None,
+    ) -> None:
+        for what, want, got in (
+            ("device", device, meta.device),
+            ("backend", backend, meta.backend),
+            ("precision", precision, meta.precision),
+            ("batch_size", batch_size, meta.batch_size),
+        ):
+            if want is not None and want != got:
+                raise TableError(
+                    f"{source}: measured with {what} {got!r}, expected {want!r}; latency does not transfer "
+                    f"between {what}s: profile this {what} with `hwdsa profile` or pick its table"
+                )
+
+    # ---------------------------------------------------------------- output
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the table atomically: a reader never sees a half-written file."""
+
+        def _write(handle: IO[Any]) -> None:
+            handle.write(MAGIC + json.dumps(self.meta.to_json(len(self.frame)), sort_keys=False) + "\n")
+            self.frame.to_csv(handle, index=False, lineterminator="\n")
+
+        return atomic_write(path, _write)
+
+    # ---------------------------------------------------------------- queries
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def __repr__(self) -> str:
+        return f"LatencyTable({len(self)} rows, {self.meta.describe()})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LatencyTable):
+            return NotImplemented
+        return self.meta == other.meta and self.frame.equals(other.frame)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable frame inside
+
+    def _key_index(self) -> dict[tuple[Any, ...], int]:
+        if self._index is None:
+            keys = self.frame.loc[:, list(SPEC_COLUMNS)].itertuples(index=False, name=None)
+            self._index = {tuple(_py(v) for v in k): i for i, k in enumerate(keys)}
+        return self._index
+
+    def __contains__(self, spec: object) -> bool:
+        return isinstance(spec, LayerSpec) and _spec_key(spec) in self._key_index()
+
+    def specs(self) -> list[LayerSpec]:
+        """Every spec of the table, in row order."""
+        return [LayerSpec.from_row(r) for r in self.frame.loc[:, list(SPEC_COLUMNS)].to_dict("records")]
+
+    def lookup(self, spec: LayerSpec) -> float:
+        """Median latency in ms of `spec`.
+
+        Raises:
+            TableError: `spec` was not profiled (a missing entry is never priced as 0 ms).
+        """
+        i = self._key_index().get(_spec_key(spec))
+        if i is None:
+            raise TableError(
+                f"no entry for {spec} in the latency table ({self.meta.describe()}, {len(self)} rows); "
+                "profile it (`hwdsa profile` with the network's grid) and merge the result"
+            )
+        return float(self.frame["median_ms"].iat[i])
+
+    def measurement(self, spec: LayerSpec) -> Measurement:
+        """The full measurement of `spec` (quartiles, repeats, noise flag)."""
+        self.lookup(spec)  # raises the standard error for a missing entry
+        row = self.frame.iloc[self._key_index()[_spec_key(spec)]]
+        return Measurement(**{c: _py(row[c]) for c in MEASUREMENT_COLUMNS})
+
+    def missing(self, specs: Iterable[LayerSpec]) -> list[LayerSpec]:
+        """The specs of `specs` that the table lacks (deduplicated, in first-seen order)."""
+        index = self._key_index()
+        return list(dict.fromkeys(s for s in specs if _spec_key(s) not in index))
+
+    # ---------------------------------------------------------------- derived tables
+    def with_meta(self, **changes: Any) -> LatencyTable:
+        """The same rows with some metadata fields replaced (e.g. `calibration=`)."""
+        return LatencyTable(self.frame, replace(self.meta, **changes))
+
+    @classmethod
+    def concat(
+        cls,
+        tables: Sequence[LatencyTable],
+        *,
+        on_duplicate: OnDuplicate = "error",
+        allow_version_mismatch: bool = False,
+    ) -> LatencyTable:
+        """Merge tables measured on the same device, backend, precision and batch size.
+
+        `on_duplicate` decides what a spec measured in several tables becomes: `"error"` refuses,
+        `"keep_first"`/`"keep_last"` keep one by table order, `"keep_quietest"` the one with the
+        smallest relative interquartile range. Calibrations are dropped: they were fitted to the old
+        rows and must be refitted on the merged table.
+        """
+        if not tables:
+            raise TableError("concat needs at least one table")
+        if on_duplicate not in ("error", "keep_first", "keep_last", "keep_quietest"):
+            raise TableError(
+                f"on_duplicate must be 'error', 'keep_first', 'keep_last' or 'keep_quietest'; got {on_duplicate!r}"
+            )
+        head = tables[0].meta
+        for i, t in enumerate(tables[1:], start=1):
+            for what in ("device", "backend", "precision", "batch_size"):
+                if getattr(t.meta, what) != getattr(head, what):
+                    raise TableError(
+                        f"cannot merge table {i} ({t.meta.describe()}) into table 0 ({head.describe()}): "
+                        f"{what} differs; tables merge only when measured under the same conditions"
+                    )
+            if dict(t.meta.versions) != dict(head.versions):
+                if not allow_version_mismatch:
+                    raise TableError(
+                        f"cannot merge table {i}: library versions differ ({dict(t.meta.versions)} vs "
+                        f"{dict(head.versions)}); re-profile, or pass allow_version_mismatch=True if you "
+                        "know the difference does not change latency"
+                    )
+                _log.warning("merging tables with different versions: %s vs %s", dict(t.meta.versions), dict(head.versions))
+            if dict(t.meta.protocol) != dict(head.protocol):
+                _log.warning("merging tables measured with different timing protocols; keeping table 0's record")
+        frames = []
+        for order, t in enumerate(tables):
+            f = t.frame.copy()
+            f["_order"] = order
+            frames.append(f)
+        merged = pd.concat(frames, ignore_index=True)
+        dup = merged.duplicated(subset=list(SPEC_COLUMNS), keep=False)
+        if dup.any():
+            n = int(merged[dup].drop_duplicates(subset=list(SPEC_COLUMNS)).shape[0])
+            if on_duplicate == "error":
+                first = LayerSpec.from_row(merged[dup].iloc[0][list(SPEC_COLUMNS)].to_dict())
+                raise TableError(
+                    f"{n} spec(s) appear in more than one table (first: {first}); pass on_duplicate="
+                    "'keep_first', 'keep_last' or 'keep_quietest'"
+                )
+            if on_duplicate == "keep_quietest":
+                merged["_rel_iqr"] = (merged["q3_ms"] - merged["q1_ms"]) / merged["median_ms"]
+                merged = merged.sort_values(["_rel_iqr", "_order"], kind="stable")
+                merged = merged.drop_duplicates(subset=list(SPEC_COLUMNS), keep="first").sort_index()
+                merged = merged.drop(columns="_rel_iqr")
+            else:
+                keep: Literal["first", "last"] = "first" if on_duplicate == "keep_first" else "last"
+                merged = merged.drop_duplicates(subset=list(SPEC_COLUMNS), keep=keep)
+            _log.info("merged tables: %d duplicate spec(s) resolved with %s", n, on_duplicate)
+        merged = merged.drop(columns="_order")
+        if any(t.meta.calibration for t in tables):
+            _log.info("merged table drops its calibrations: refit them on the merged rows")
+        meta = replace(head, created_at=_now(), calibration={})
+        return cls(merged, meta)
+
+    def merge(self, other: LatencyTable, *, on_duplicate: OnDuplicate = "error") -> LatencyTable:
+        """`concat([self, other])`."""
+        return LatencyTable.concat([self, other], on_duplicate=on_duplicate)
+
+
+def _py(value: Any) -> Any:
+    """numpy scalar → Python scalar (so keys hash like `LayerSpec.to_row()` values)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ---------------------------------------------------------------- packaged tables
+def packaged_tables() -> dict[str, Path]:
+    """Measured tables shipped with hwdsa (`lut/tables/*.csv`), by file stem.
+
+    `lut/tables/README.md` says how each one was measured and how to reproduce it.
+    """
+    root = resources.files("hwdsa.lut") / "tables"
+    out: dict[str, Path] = {}
+    if not root.is_dir():
+        return out
+    for entry in sorted(root.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".csv") and entry.is_file():
+            out[entry.name[: -len(".csv")]] = Path(str(entry))
+    return out
+
+
+def load_packaged_table(name: str, **expect: Any) -> LatencyTable:
+    """Read the packaged table `name` (see `packaged_tables()`); `expect` as in `LatencyTable.read`."""
+    tables = packaged_tables()
+    if name not in tables:
+        raise TableError(f"no packaged latency table {name!r}; packaged: {', '.join(tables) or '(none)'}")
+    return LatencyTable.read(tables[name], **expect)
+
+
+__all__ = [
+    "COLUMNS",
+    "MAGIC",
+    "SCHEMA_VERSION",
+    "LatencyTable",
+    "TableMeta",
+    "load_packaged_table",
+    "packaged_tables",
+]

@@ -1,0 +1,260 @@
+"""ONNX Runtime backends: one per execution provider (CPU, CUDA, TensorRT), each a separate table identity.
+
+The layer's ONNX file comes from a bundle (on a board: stdlib + numpy + onnxruntime only) or is
+exported on the host with torch. Each provider is its own registered backend because a table measured
+through one provider says nothing about another; and a session that silently fell back to the CPU
+(which ONNX Runtime does when a GPU provider cannot load) is refused, not timed.
+
+Inputs are bound once with `io_binding` (on the device for the GPU providers), so a timed run is the
+graph's execution, not a host-to-device copy. `InferenceSession.run` returns only when the work has
+finished (ONNX Runtime synchronises its providers at the end of a run), so wall-clock timing is right.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
+from hwdsa.profilers._compat import override
+from hwdsa.profilers.backend import OnnxBackend, Session, check_threads
+from hwdsa.profilers.base import LayerSpec
+
+_log = logging.getLogger(__name__)
+
+# ONNX element type names (as InferenceSession reports them) → numpy dtype names.
+_NUMPY_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+}
+_INSTALL = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT providers)"
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(f"ONNX Runtime is not installed ({exc}): {_INSTALL}") from exc
+    return onnxruntime
+
+
+class _OrtSession(Session):
+    def __init__(self, session: Any, binding: Any, keep_alive: list[Any]) -> None:
+        self._session = session
+        self._binding = binding
+        self._keep_alive = keep_alive  # the bound input arrays / OrtValues must outlive the binding
+
+    @override
+    def run_once(self) -> None:
+        self._session.run_with_iobinding(self._binding)
+
+
+class _OrtBackend(OnnxBackend):
+    """Common code of the ONNX Runtime backends; subclasses name their provider."""
+
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    precisions = ("fp32", "fp16", "int8")
+
+    def __init__(
+        self,
+        *,
+        num_threads: int | None = None,
+        device: int = 0,
+        provider_options: Mapping[str, Any] | None = None,
+        onnx_files: Mapping[LayerSpec, str | os.PathLike[str]] | None = None,
+    ) -> None:
+        super().__init__(onnx_files=onnx_files)
+        self.num_threads = check_threads(num_threads)
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            raise ConfigError(f"device must be a device index >= 0; got {device!r}")
+        self.device_index = device
+        self.provider_options = dict(provider_options or {})
+
+    @override
+    @classmethod
+    def check_available(cls) -> None:
+        ort = _import_ort()
+        listed = list(ort.get_available_providers())
+        if cls.provider not in listed:
+            raise BackendUnavailableError(
+                f"this ONNX Runtime {ort.__version__} build has no {cls.provider} (it has {', '.join(listed)}): {_INSTALL}"
+            )
+        cls._check_hardware()
+
+    @classmethod
+    def _check_hardware(cls) -> None:
+        """GPU providers: the provider is compiled in, but is there a device (and TensorRT)?"""
+
+    @override
+    def options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {"provider": self.provider, "num_threads": self.num_threads or 0}
+        if self.provider != "CPUExecutionProvider":
+            opts["device"] = self.device_index
+        if self.provider_options:
+            opts["provider_options"] = dict(self.provider_options)
+        return opts
+
+    @override
+    def versions(self) -> dict[str, str]:
+        import numpy
+
+        return {**super().versions(), "onnxruntime": str(_import_ort().__version__), "numpy": str(numpy.__version__)}
+
+    def _providers(self, precision: str) -> list[Any]:
+        """The `providers` argument of the session; the CPU provider closes the list so that ONNX
+        Runtime can load at all, and the fallback check in `onnx_session` refuses sessions that used it."""
+        if self.provider == "CPUExecutionProvider":
+            return [(self.provider, dict(self.provider_options))]
+        options = {"device_id": self.device_index, **self.provider_options}
+        return [(self.provider, options), "CPUExecutionProvider"]
+
+    @override
+    @contextlib.contextmanager
+    def onnx_session(
+        self, onnx_path: Path, *, precision: str, input_shape: Sequence[int] | None = None
+    ) -> Iterator[Session]:
+        import numpy as np
+
+        ort = _import_ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.num_threads or 0  # 0: ONNX Runtime's default (one per physical core)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # errors only: a GPU build otherwise warns about every unused provider
+        try:
+            session = ort.InferenceSession(os.fspath(onnx_path), sess_options=so, providers=self._providers(precision))
+        except Exception as exc:  # ORT raises its own types (Fail, InvalidGraph, NotImplemented, ...)
+            hint = ""
+            if precision == "fp16" and self.provider == "CPUExecutionProvider":
+                hint = " (ONNX Runtime's CPU provider lacks fp16 kernels for many ops on x86: profile fp32 here)"
+            raise ExportError(
+                f"ONNX Runtime cannot load {onnx_path} with {self.provider}: {type(exc).__name__}: {exc}{hint}"
+            ) from exc
+        used = list(session.get_providers())
+        if not used or used[0] != self.provider:
+            raise BackendUnavailableError(
+                f"ONNX Runtime fell back from {self.provider} to {used[0] if used else 'nothing'} for {onnx_path}; "
+                "the provider's libraries or device are missing: timings would describe the wrong device"
+            )
+        on_device = self.provider != "CPUExecutionProvider"
+        binding = session.io_binding()
+        keep_alive: list[Any] = []
+        rng = np.random.default_rng(0)
+        inputs = session.get_inputs()
+        for i, arg in enumerate(inputs):
+            shape = _static_shape(arg.name, list(arg.shape), input_shape if i == 0 else None, onnx_path)
+            dtype = _NUMPY_TYPES.get(arg.type)
+            if dtype is None:
+                raise ConfigError(f"{onnx_path}: input {arg.name} has type {arg.type}, which the profiler cannot feed")
+            array = np.ascontiguousarray(rng.standard_normal(shape).astype(dtype))
+            if on_device:
+                value = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_index)
+                binding.bind_ortvalue_input(arg.name, value)
+                keep_alive.append(value)
+            else:
+                binding.bind_cpu_input(arg.name, array)
+                keep_alive.append(array)
+        for out in session.get_outputs():
+            if on_device:
+                binding.bind_output(out.name, "cuda", self.device_index)
+            else:
+                binding.bind_output(out.name)
+        try:
+            session.run_with_iobinding(binding)  # one run outside the protocol: fails early, loads kernels
+        except Exception as exc:
+            raise ExportError(f"ONNX Runtime failed to run {onnx_path} on {self.provider}: {type(exc).__name__}: {exc}") from exc
+        yield _OrtSession(session, binding, keep_alive)
+
+
+def _static_shape(
+    name: str, dims: list[Any], fallback: Sequence[int] | None, path: Path
+) -> tuple[int, ...]:
+    if all(isinstance(d, int) and d > 0 for d in dims):
+        return tuple(int(d) for d in dims)
+    if fallback is not None and len(fallback) == len(dims):
+        return tuple(int(s) for s in fallback)
+    raise ConfigError(
+        f"{path}: input {name} has dynamic dimensions {dims}; pass input_shape with {len(dims)} dimensions"
+    )
+
+
+class OrtCpuBackend(_OrtBackend):
+    """ONNX Runtime on the CPU. `num_threads` sets `intra_op_num_threads` (None: ONNX Runtime's default)."""
+
+    name = "onnxruntime"
+    description = "ONNX Runtime, CPU execution provider"
+    install_hint = _INSTALL
+    provider = "CPUExecutionProvider"
+
+
+class OrtCudaBackend(_OrtBackend):
+    """ONNX Runtime's CUDA execution provider on device `device`."""
+
+    name = "onnxruntime_cuda"
+    description = "ONNX Runtime, CUDA execution provider"
+    install_hint = "pip install onnxruntime-gpu on a machine with an NVIDIA GPU and driver"
+    provider = "CUDAExecutionProvider"
+
+    @override
+    @classmethod
+    def _check_hardware(cls) -> None:
+        from hwdsa.profilers._cuda import cuda_error_or_none
+
+        reason = cuda_error_or_none()
+        if reason is not None:
+            raise BackendUnavailableError(f"{cls.provider} needs an NVIDIA GPU: {reason}")
+
+    @override
+    def device_description(self) -> str:
+        from hwdsa.profilers.device import cuda_description
+
+        return cuda_description(self.device_index)
+
+    @override
+    def versions(self) -> dict[str, str]:
+        from hwdsa.profilers._cuda import driver
+
+        return {**super().versions(), "cuda_driver": driver().driver_version()}
+
+
+class OrtTensorrtBackend(OrtCudaBackend):
+    """ONNX Runtime's TensorRT execution provider (builds a TensorRT engine per graph inside ONNX Runtime)."""
+
+    name = "onnxruntime_tensorrt"
+    description = "ONNX Runtime, TensorRT execution provider"
+    install_hint = "pip install onnxruntime-gpu 'tensorrt>=10' on a machine with an NVIDIA GPU and driver"
+    provider = "TensorrtExecutionProvider"
+
+    @override
+    @classmethod
+    def _check_hardware(cls) -> None:
+        super()._check_hardware()
+        from hwdsa.profilers.tensorrt import TensorRTBackend
+
+        TensorRTBackend.import_tensorrt()
+
+    @override
+    def _providers(self, precision: str) -> list[Any]:
+        options: dict[str, Any] = {"device_id": self.device_index}
+        # The provider builds weakly typed engines: fp16 and int8 (Q/DQ graphs) kernels must be allowed
+        # explicitly, else TensorRT may run the fp16 graph's layers in fp32.
+        if precision == "fp16":
+            options["trt_fp16_enable"] = True
+        elif precision == "int8":
+            options["trt_int8_enable"] = True
+        options.update(self.provider_options)
+        return [(self.provider, options), "CPUExecutionProvider"]
+
+
+__all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtTensorrtBackend"]

@@ -1,0 +1,115 @@
+"""End-to-end calibration: recovering a known scale and offset, storing it with the table, applying it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _lut_helpers import macs_latency, mobile_graph, residual_graph, synthetic_table
+from hwdsa.errors import ConfigError, TableError
+from hwdsa.lut.calibrate import Calibration, attach_calibration, calibrations, fit_calibration, graph_signature
+from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.grid import GridConfig
+from hwdsa.lut.table import LatencyTable
+
+SCALE, OFFSET_MS = 1.3, 0.02
+
+
+def _setup() -> tuple[LatencyTable, LatencyCost]:
+    graph = mobile_graph()
+    table = synthetic_table(graph, macs_latency, config=GridConfig("gpu"))
+    return table, LatencyCost.fit(table, graph)
+
+
+def _pairs(cost: LatencyCost, n: int, *, noise: float = 0.0, seed: int = 0) -> list[tuple[list[int], float]]:
+    """End-to-end 'measurements' of randomly pruned networks that follow SCALE·sum + OFFSET_MS."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(n):
+        counts = [int(rng.integers(max(1, c // 5), c + 1)) for c in cost.group_sizes]
+        ms = SCALE * cost.layer_sum_ms(counts) + OFFSET_MS
+        pairs.append((counts, ms * (1 + noise * rng.standard_normal())))
+    return pairs
+
+
+@pytest.mark.parametrize("method", ["huber", "linear"])
+def test_recovers_known_scale_and_offset(method: str) -> None:
+    _, cost = _setup()
+    cal = fit_calibration(cost, _pairs(cost, 8), method=method)  # type: ignore[arg-type]
+    assert cal.scale == pytest.approx(SCALE, rel=1e-4)
+    assert cal.offset_ms == pytest.approx(OFFSET_MS, rel=1e-3, abs=1e-4)
+    assert cal.n_points == 8 and len(cal.residuals_ms) == 8
+    assert max(abs(r) for r in cal.residuals_ms) < 1e-3 and cal.rmse_ms < 1e-3
+    assert cal.graph_signature == cost.graph_signature
+
+
+def test_huber_resists_one_disturbed_measurement() -> None:
+    _, cost = _setup()
+    pairs = _pairs(cost, 10, noise=0.005, seed=3)
+    counts, ms = pairs[2]
+    pairs[2] = (counts, ms * 1.3)  # another process ran during that measurement
+    huber = fit_calibration(cost, pairs, method="huber")
+    lsq = fit_calibration(cost, pairs, method="linear")
+    assert abs(huber.scale - SCALE) < abs(lsq.scale - SCALE)
+    assert huber.scale == pytest.approx(SCALE, rel=0.05)
+    assert max(huber.residuals_ms, key=abs) == pytest.approx(huber.residuals_ms[2])  # the outlier stands out
+
+
+def test_scale_only() -> None:
+    _, cost = _setup()
+    pairs = [(c, ms - OFFSET_MS) for c, ms in _pairs(cost, 4)]
+    cal = fit_calibration(cost, pairs, fit_offset=False)
+    assert cal.offset_ms == 0.0 and cal.scale == pytest.approx(SCALE, rel=1e-3)
+
+
+def test_stored_with_the_table_and_applied(tmp_path: Path) -> None:
+    table, cost = _setup()
+    cal = fit_calibration(cost, _pairs(cost, 6))
+    path = attach_calibration(table, "mobile", cal).write(tmp_path / "t.csv")
+    back = LatencyTable.read(path)
+    assert calibrations(back) == {"mobile": cal}
+    calibrated = LatencyCost.fit(back, mobile_graph())  # "auto" finds it by the graph's signature
+    assert calibrated.calibration == cal
+    counts = [5, 13, 20]
+    assert calibrated.exact(counts) == pytest.approx(SCALE * cost.exact(counts) + OFFSET_MS, rel=1e-4)
+    alpha = torch.tensor([0.4, 0.6, 0.8], dtype=torch.float64)
+    assert float(calibrated(alpha)) == pytest.approx(cal.scale * float(cost(alpha)) + cal.offset_ms, rel=1e-12)
+    assert LatencyCost.fit(back, mobile_graph(), calibration=None).calibration is None
+    assert LatencyCost.fit(back, mobile_graph(), calibration="mobile").calibration == cal
+
+
+def test_calibration_of_another_network_is_not_applied() -> None:
+    table, cost = _setup()
+    cal = fit_calibration(cost, _pairs(cost, 5))
+    other = residual_graph(8, 8)
+    both = LatencyTable.concat([table, synthetic_table(other, macs_latency)], on_duplicate="keep_first")
+    both = attach_calibration(both, "mobile", cal)
+    assert graph_signature(other) != cal.graph_signature
+    assert LatencyCost.fit(both, other).calibration is None  # "auto" skips it
+    with pytest.raises(TableError, match="calibration fitted on network .* cannot apply to network"):
+        LatencyCost.fit(both, other, calibration="mobile")
+    with pytest.raises(TableError, match="no calibration 'resnet'; stored: mobile"):
+        LatencyCost.fit(both, other, calibration="resnet")
+
+
+def test_refusals() -> None:
+    table, cost = _setup()
+    with pytest.raises(ConfigError, match="at least 3 .* pairs; got 2"):
+        fit_calibration(cost, _pairs(cost, 2))
+    with pytest.raises(ConfigError, match="must be positive ms"):
+        fit_calibration(cost, [(c, -1.0) for c, _ in _pairs(cost, 3)])
+    with pytest.raises(ConfigError, match="same layer sum"):
+        fit_calibration(cost, [([16, 24, 32], 1.0)] * 3)
+    with pytest.raises(ConfigError, match="method must be"):
+        fit_calibration(cost, _pairs(cost, 3), method="ransac")  # type: ignore[arg-type]
+    decreasing = [(c, 10.0 - cost.layer_sum_ms(c)) for c, _ in _pairs(cost, 6)]
+    with pytest.raises(TableError, match="non-positive scale"):
+        fit_calibration(cost, decreasing, method="linear")
+    with pytest.raises(TableError, match="positive scale"):
+        Calibration(scale=0.0, offset_ms=0.0, graph_signature="x")
+    broken = table.with_meta(calibration={"mobile": {"scale": 1.0}})
+    with pytest.raises(TableError, match="malformed calibration object"):
+        calibrations(broken)

@@ -1,0 +1,84 @@
+"""Latency-optimal rounding of the searched channel counts: the budget always holds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from _lut_helpers import conv, graph_of, macs_latency, mobile_graph, synthetic_table
+from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.grid import GridConfig
+from hwdsa.lut.rounding import round_to_latency_optimal
+from hwdsa.profilers.base import LayerSpec
+
+
+def _tile_latency(spec: LayerSpec) -> float:
+    """A staircase in tiles of 8 channels on both sides, with a fast aligned width at 40 outputs."""
+    t = 0.05 + 0.004 * math.ceil(spec.in_channels / 8) * math.ceil(spec.out_channels / 8)
+    return t * (0.7 if spec.out_channels == 40 else 1.0)
+
+
+def _two_layer_cost() -> LatencyCost:
+    graph = graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])
+    return LatencyCost.fit(synthetic_table(graph, _tile_latency, config=GridConfig("gpu")), graph)
+
+
+def test_keeps_the_budget_for_random_searches() -> None:
+    graph = mobile_graph()
+    cost = LatencyCost.fit(synthetic_table(graph, macs_latency, config=GridConfig("gpu")), graph)
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        searched = [float(rng.uniform(1.0, c)) for c in cost.group_sizes]
+        limit = cost.exact([max(1, math.floor(x)) for x in searched]) * float(rng.uniform(0.8, 1.1))
+        try:
+            counts = round_to_latency_optimal(searched, cost, limit)
+        except BudgetInfeasibleError:
+            assert cost.exact([1] * len(cost.group_sizes)) > limit
+            continue
+        assert cost.exact(counts) <= limit
+        assert all(1 <= k <= c for k, c in zip(counts, cost.group_sizes))
+        assert all(k in cost.step_points(g) for g, k in enumerate(counts))
+
+
+def test_takes_a_free_tread_of_the_staircase() -> None:
+    """33 channels cost what 40 cost (and 40 is even faster): rounding up is free, so it happens."""
+    cost = _two_layer_cost()
+    counts = round_to_latency_optimal([64, 33.4], cost, cost.exact([64, 33]))
+    assert counts == (64, 40)
+    assert cost.exact([64, 40]) < cost.exact([64, 33])
+
+
+def test_rounds_down_when_up_does_not_fit() -> None:
+    cost = _two_layer_cost()
+    limit = cost.exact([64, 24]) + 1e-9
+    counts = round_to_latency_optimal([64.0, 30.2], cost, limit)
+    assert counts == (64, 24)
+
+
+def test_repairs_a_search_that_overshot() -> None:
+    cost = _two_layer_cost()
+    limit = cost.exact([32, 32])
+    counts = round_to_latency_optimal([60.0, 60.0], cost, limit)
+    assert cost.exact(counts) <= limit
+    assert sum(counts) < 112
+
+
+def test_multiple_rounds_to_multiples() -> None:
+    cost = _two_layer_cost()
+    counts = round_to_latency_optimal([45.0, 21.0], cost, cost.dense, multiple=16)
+    assert all(k % 16 == 0 for k in counts) and counts == (48, 32)
+
+
+def test_infeasible_and_bad_input() -> None:
+    cost = _two_layer_cost()
+    with pytest.raises(BudgetInfeasibleError, match="one channel per group already costs"):
+        round_to_latency_optimal([10.0, 10.0], cost, 1e-6)
+    with pytest.raises(ConfigError, match="expected 2 channel counts"):
+        round_to_latency_optimal([10.0], cost, 1.0)
+    with pytest.raises(ConfigError, match="group 1: count 70.0 outside \\(0, 64\\]"):
+        round_to_latency_optimal([10.0, 70.0], cost, 1.0)
+    with pytest.raises(ConfigError, match="multiple must be >= 1"):
+        round_to_latency_optimal([10.0, 10.0], cost, 1.0, multiple=0)

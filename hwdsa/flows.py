@@ -69,9 +69,9 @@ class PruneJobConfig:
     budgets: tuple[BudgetSpec, ...] = (BudgetSpec("flops", fraction=0.5),)
     from_scratch: bool = False
     weights: str | None = None
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.05))
-    search: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.02))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=0.02))
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
+    search: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=0.02))
     admm: AdmmConfig = field(default_factory=AdmmConfig)
     batch_size: int = 128
     subset_per_class: int | None = None
@@ -317,7 +317,14 @@ class PruneJob:
 
         # Phase 3: surgery and fine-tuning.
         importance = group_importance(model, graph, mode=cfg.admm.importance)
-        plan = plan_from_channels(graph, importance, channels)
+        plan = plan_from_channels(
+            graph,
+            importance,
+            channels,
+            model_name=cfg.model,
+            num_classes=splits.num_classes,
+            model_kwargs=_model_kwargs(cfg.model, input_shape),
+        )
         pruned = prune(model, graph, plan).to(device)
         flops_exact = FlopsCost(graph).exact(channels)
         flops_counted = count_flops(pruned, input_shape)
@@ -354,7 +361,12 @@ class PruneJob:
             "admm": {k: v for k, v in cfg.admm.to_dict().items()},
         }
         if is_main_process():
-            save_pruned(self.out / "pruned.pt", pruned, plan, extra={"report": json.dumps(report)})
+            save_pruned(
+                self.out / "pruned.pt",
+                pruned,
+                plan,
+                extra={"report": json.dumps(report), "dataset": cfg.dataset, "data_root": cfg.data_root or ""},
+            )
             write_text_atomic(self.out / "allocation.csv", allocation_csv(graph, channels, ratios))
             write_json_atomic(self.out / "report.json", report)
             self.checkpoint.unlink(missing_ok=True)

@@ -22,8 +22,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hwdsa.errors import ConfigError, HwdsaError
-from hwdsa.profilers.base import TimingProtocol
-from hwdsa.profilers.tablefile import partial_path
+from .base import TimingProtocol
+from .tablefile import partial_path
 
 _log = logging.getLogger("hwdsa.profilers")
 
@@ -63,21 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    # The same flags after the sub-command (`run ... -q`); SUPPRESS keeps them from resetting the above.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list-backends", help="list the backends and whether each can run here")
+    p = sub.add_parser("list-backends", parents=[common], help="list the backends and whether each can run here")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    p = sub.add_parser("run", help="time a bundle's ONNX layers on this device (the edge agent)")
+    p = sub.add_parser("run", parents=[common], help="time a bundle's ONNX layers on this device (the edge agent)")
     p.add_argument("bundle", help="bundle directory made on the host by `bundle`")
     _backend_args(p, default="onnxruntime")
 
-    p = sub.add_parser("bundle", help="host: export a specs file's layers to a bundle for a board (needs torch)")
+    p = sub.add_parser("bundle", parents=[common], help="host: export a specs file's layers to a bundle for a board (needs torch)")
     p.add_argument("specs", help="specs file (JSON, from hwdsa.profilers.write_specs)")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle directory")
 
-    p = sub.add_parser("profile", help="host: measure a specs file's layers with any backend")
+    p = sub.add_parser("profile", parents=[common], help="host: measure a specs file's layers with any backend")
     p.add_argument("specs", help="specs file (JSON, from hwdsa.profilers.write_specs)")
     _backend_args(p, default=None)
     return parser
@@ -126,7 +130,7 @@ def _redirect_progress() -> Iterator[None]:
 
 
 def _summary(out: str, n: int) -> str:
-    from hwdsa.profilers.tablefile import read_table
+    from .tablefile import read_table
 
     meta, entries = read_table(out)
     noisy = sum(m.noisy for _, m in entries)
@@ -137,7 +141,7 @@ def _summary(out: str, n: int) -> str:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from hwdsa.profilers.backend import list_backends
+    from .backend import list_backends
 
     infos = list_backends(check_availability=True)
     if args.json:
@@ -151,7 +155,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from hwdsa.profilers.bundle import read_bundle, run_bundle
+    from .bundle import read_bundle, run_bundle
 
     bundle = read_bundle(args.bundle)
     protocol = _protocol(args)
@@ -164,8 +168,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
-    from hwdsa.profilers.bundle import write_bundle
-    from hwdsa.profilers.specs import read_specs
+    from .bundle import write_bundle
+    from .specs import read_specs
 
     bundle = write_bundle(read_specs(args.specs), args.out, overwrite=args.overwrite)
     print(f"wrote bundle {bundle.path}: {len(bundle.entries)} layer(s), {bundle.precision}, batch {bundle.batch_size}")
@@ -173,9 +177,9 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from hwdsa.profilers.backend import get_backend
-    from hwdsa.profilers.runner import profile_specs
-    from hwdsa.profilers.specs import read_specs
+    from .backend import get_backend
+    from .runner import profile_specs
+    from .specs import read_specs
 
     specs = read_specs(args.specs)
     backend = get_backend(args.backend, **_backend_options(args))

@@ -13,7 +13,6 @@ onnxruntime nor TensorRT; third-party packages add theirs through the entry-poin
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
 import platform
@@ -29,11 +28,11 @@ from typing import Any, ClassVar
 from hwdsa._registry import Registry
 from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError
-from hwdsa.profilers._compat import override
-from hwdsa.profilers.base import PRECISIONS, LayerSpec, Measurement, TimingProtocol, time_callable, time_samples
-from hwdsa.profilers.device import cpu_description
-from hwdsa.profilers.specs import input_shape as spec_input_shape
-from hwdsa.profilers.specs import spec_label
+from ._compat import override
+from .base import LayerSpec, Measurement, TimingProtocol, time_callable, time_samples
+from .device import cpu_description
+from .specs import input_shape as spec_input_shape
+from .specs import spec_label
 
 _log = logging.getLogger(__name__)
 
@@ -208,7 +207,7 @@ class OnnxBackend(Backend):
                 yield s
             return
         try:
-            from hwdsa.profilers.layers import onnx_from_spec
+            from .layers import onnx_from_spec
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"no ONNX file for {spec_label(spec)} and no torch here to export one ({exc}): build a bundle on "
@@ -232,7 +231,7 @@ class OnnxBackend(Backend):
                 yield s
             return
         try:
-            from hwdsa.profilers.layers import onnx_from_network
+            from .layers import onnx_from_network
         except ImportError as exc:
             raise BackendUnavailableError(
                 f"timing an nn.Module with {self.name!r} needs torch to export it to ONNX ({exc}); "
@@ -395,11 +394,6 @@ def device_description(backend: Backend | str) -> str:
         True
     """
     return resolve_backend(backend).device_description()
-
-
-def deepcopy_model(model: object) -> object:
-    """A private copy of a caller's model, so moving it to a device or to half precision leaves theirs alone."""
-    return copy.deepcopy(model)
 
 
 __all__ = [

@@ -22,11 +22,11 @@ from typing import Any
 
 from hwdsa._version import __version__
 from hwdsa.errors import ConfigError
-from hwdsa.profilers.backend import OnnxBackend, get_backend, get_backend_class
-from hwdsa.profilers.base import LayerSpec, TimingProtocol
-from hwdsa.profilers.runner import OnEntry, profile_specs
-from hwdsa.profilers.specs import common_precision_and_batch, dedupe_specs, input_shape, spec_from_json
-from hwdsa.profilers.tablefile import Entry, now_iso
+from .backend import OnnxBackend, get_backend, get_backend_class
+from .base import LayerSpec, TimingProtocol
+from .runner import OnEntry, profile_specs
+from .specs import common_precision_and_batch, dedupe_specs, input_shape, spec_from_json
+from .tablefile import Entry, now_iso
 
 _log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def write_bundle(
     Raises:
         ConfigError: no specs, mixed precisions or batch sizes, or `out_dir` exists and `overwrite` is False.
     """
-    from hwdsa.profilers.layers import onnx_from_spec
+    from .layers import onnx_from_spec
 
     unique = dedupe_specs(specs)
     precision, batch_size = common_precision_and_batch(unique)

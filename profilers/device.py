@@ -59,7 +59,7 @@ def cuda_description(index: int = 0) -> str:
     Raises:
         BackendUnavailableError: no NVIDIA driver or device here.
     """
-    from hwdsa.profilers._cuda import describe_device
+    from ._cuda import describe_device
 
     return describe_device(index)
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from hwdsa._io import atomic_path
 from hwdsa.errors import ConfigError, ExportError
-from hwdsa.profilers.base import LayerSpec
-from hwdsa.profilers.specs import input_shape
+from .base import LayerSpec
+from .specs import input_shape
 
 _log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def _convert_precision(path: Path, precision: str, sample_shape: Sequence[int]) 
         # Random calibration data: the scales it gives fit no real input, but latency does not depend on
         # scale values, only on the Q/DQ structure TensorRT and ONNX Runtime fuse into INT8 kernels.
         rng = np.random.default_rng(_SEED)
-        data = rng.standard_normal((8, *sample_shape[1:])).astype(np.float32)
+        data = [rng.standard_normal(tuple(sample_shape)).astype(np.float32) for _ in range(4)]  # static batch
         qdq = qdq_onnx_from_onnx(path, path.with_name(path.stem + ".qdq.onnx"), calibration_data=data, method="minmax")
         os.replace(qdq, path)
         return

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
-from hwdsa.profilers._compat import override
-from hwdsa.profilers.backend import OnnxBackend, Session, check_threads
-from hwdsa.profilers.base import LayerSpec
+from ._compat import override
+from .backend import OnnxBackend, Session, check_threads
+from .base import LayerSpec
 
 _log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class OrtCudaBackend(_OrtBackend):
     @override
     @classmethod
     def _check_hardware(cls) -> None:
-        from hwdsa.profilers._cuda import cuda_error_or_none
+        from ._cuda import cuda_error_or_none
 
         reason = cuda_error_or_none()
         if reason is not None:
@@ -217,13 +217,13 @@ class OrtCudaBackend(_OrtBackend):
 
     @override
     def device_description(self) -> str:
-        from hwdsa.profilers.device import cuda_description
+        from .device import cuda_description
 
         return cuda_description(self.device_index)
 
     @override
     def versions(self) -> dict[str, str]:
-        from hwdsa.profilers._cuda import driver
+        from ._cuda import driver
 
         return {**super().versions(), "cuda_driver": driver().driver_version()}
 
@@ -240,7 +240,7 @@ class OrtTensorrtBackend(OrtCudaBackend):
     @classmethod
     def _check_hardware(cls) -> None:
         super()._check_hardware()
-        from hwdsa.profilers.tensorrt import TensorRTBackend
+        from .tensorrt import TensorRTBackend
 
         TensorRTBackend.import_tensorrt()
 

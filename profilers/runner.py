@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from hwdsa.errors import TableError
-from hwdsa.profilers.backend import Backend, resolve_backend
-from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
-from hwdsa.profilers.specs import common_precision_and_batch, dedupe_specs, spec_label
-from hwdsa.profilers.tablefile import (
+from .backend import Backend, resolve_backend
+from .base import LayerSpec, Measurement, TimingProtocol
+from .specs import common_precision_and_batch, dedupe_specs, spec_label
+from .tablefile import (
     Entry,
     PartialLog,
     make_meta,

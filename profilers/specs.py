@@ -10,7 +10,7 @@ from typing import Any
 
 from hwdsa._io import write_json_atomic
 from hwdsa.errors import ConfigError
-from hwdsa.profilers.base import SPEC_COLUMNS, LayerSpec
+from .base import SPEC_COLUMNS, LayerSpec
 
 SPECS_FORMAT = "hwdsa-layer-specs"
 SPECS_SCHEMA_VERSION = 1

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 from hwdsa._io import atomic_write
 from hwdsa.errors import TableError
-from hwdsa.profilers.base import MEASUREMENT_COLUMNS, PRECISIONS, SPEC_COLUMNS, LayerSpec, Measurement
+from .base import MEASUREMENT_COLUMNS, PRECISIONS, SPEC_COLUMNS, LayerSpec, Measurement
 
 _log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ Entry = tuple[LayerSpec, Measurement]
 _VOLATILE_META = ("host", "created_at", "rows")
 _INT_MEASUREMENT = ("repeats", "attempts")
 _FLOAT_MEASUREMENT = ("median_ms", "q1_ms", "q3_ms", "min_ms", "load_avg")
+_NAN_ALLOWED = ("load_avg",)  # os.getloadavg() is missing on some platforms: NaN there is not an error
 
 
 def now_iso() -> str:
@@ -161,7 +162,9 @@ def measurement_from_row(row: Mapping[str, Any], where: str) -> Measurement:
                 raise ValueError(f"{c} must be an integer, got {row[c]!r}")
             values[c] = int(number)
         for c in _FLOAT_MEASUREMENT:
-            values[c] = float(row[c])
+            raw = row[c]
+            # pandas writes NaN as an empty cell; NaN is allowed only where the platform has no load average
+            values[c] = float("nan") if c in _NAN_ALLOWED and raw in ("", None) else float(raw)
     except KeyError as exc:
         raise TableError(f"{where}: missing measurement column {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
@@ -215,7 +218,7 @@ def read_table(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Entry
     seen: set[LayerSpec] = set()
     for i, row in enumerate(reader):
         where = f"{p} line {i + 3}"
-        if any(row.get(c) in (None, "") for c in COLUMNS):
+        if any(row.get(c) in (None, "") for c in COLUMNS if c not in _NAN_ALLOWED):
             raise TableError(f"{where}: the row is incomplete (a truncated file?): re-profile")
         try:
             spec = LayerSpec.from_row(row)

@@ -24,10 +24,10 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
-from hwdsa.profilers._compat import override
-from hwdsa.profilers._cuda import CudaDriver, cuda_error_or_none, driver
-from hwdsa.profilers.backend import OnnxBackend, Session
-from hwdsa.profilers.base import LayerSpec
+from ._compat import override
+from ._cuda import CudaDriver, cuda_error_or_none, driver
+from .backend import OnnxBackend, Session
+from .base import LayerSpec
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -195,7 +195,7 @@ class TensorRTBackend(OnnxBackend):
 
     @override
     def device_description(self) -> str:
-        from hwdsa.profilers.device import cuda_description
+        from .device import cuda_description
 
         return cuda_description(self.device_index)
 

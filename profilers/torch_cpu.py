@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError
-from hwdsa.profilers._compat import override
-from hwdsa.profilers.backend import Backend, Session, check_threads
-from hwdsa.profilers.base import LayerSpec
+from ._compat import override
+from .backend import Backend, Session, check_threads
+from .base import LayerSpec
 
 
 class _CallSession(Session):
@@ -81,7 +81,7 @@ class TorchCpuBackend(Backend):
     def session(self, spec: LayerSpec) -> Iterator[Session]:
         import torch
 
-        from hwdsa.profilers.layers import input_from_spec, module_from_spec
+        from .layers import input_from_spec, module_from_spec
 
         self.check_spec(spec)
         module = module_from_spec(spec)

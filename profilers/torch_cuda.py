@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError
-from hwdsa.profilers._compat import override
-from hwdsa.profilers.backend import Backend, Session
-from hwdsa.profilers.base import LayerSpec
+from ._compat import override
+from .backend import Backend, Session
+from .base import LayerSpec
 
 if TYPE_CHECKING:
     import torch
@@ -41,8 +41,8 @@ class _CudaSession(Session):
 
         self._fn = fn
         self._device = device
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._end = torch.cuda.Event(enable_timing=True)
+        self._start = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+        self._end = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
 
     @override
     def run_once(self) -> None:
@@ -118,7 +118,7 @@ class TorchCudaBackend(Backend):
             **super().versions(),
             "torch": str(torch.__version__),
             "cuda": str(torch.version.cuda),
-            "cudnn": str(torch.backends.cudnn.version()),
+            "cudnn": str(torch.backends.cudnn.version()),  # type: ignore[no-untyped-call]
         }
 
     @override
@@ -156,7 +156,7 @@ class TorchCudaBackend(Backend):
         """Warm up on a side stream, then capture one run in a CUDA graph; eager when capture fails."""
         import torch
 
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(_CAPTURE_WARMUP):
@@ -178,8 +178,8 @@ class TorchCudaBackend(Backend):
     @override
     @contextlib.contextmanager
     def session(self, spec: LayerSpec) -> Iterator[Session]:
-        from hwdsa.profilers.layers import input_from_spec, module_from_spec, torch_dtype
-        from hwdsa.profilers.specs import spec_label
+        from .layers import input_from_spec, module_from_spec, torch_dtype
+        from .specs import spec_label
 
         self.check_spec(spec)
         dtype = torch_dtype(spec.precision, self.name)
@@ -196,7 +196,7 @@ class TorchCudaBackend(Backend):
     ) -> Iterator[Session]:
         import torch
 
-        from hwdsa.profilers.layers import torch_dtype
+        from .layers import torch_dtype
 
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(

@@ -43,7 +43,7 @@ class AdmmConfig:
     ratio_lr: float = 0.05
     initial_logit: float = 5.0
     min_keep_ratio: float = 0.05
-    update_every: int = 4
+    update_every: int = 2
     floor: float = 0.01
     beta2: Beta2Schedule = field(default_factory=lambda: Beta2Schedule(start=1.0, end=5.0, kind="linear"))
     importance: str = "first"
@@ -92,7 +92,7 @@ class RatioAllocator:
         for b in self.budgets:
             check_feasible(b.cost, b.limit, lower)
         self.logits = nn.Parameter(torch.full((len(self.group_sizes),), config.initial_logit, device=self.device))
-        self.optimizer = torch.optim.Adam([self.logits], lr=config.ratio_lr, betas=(0.5, 0.999))
+        self.optimizer = torch.optim.Adam([self.logits], lr=config.ratio_lr, betas=(0.0, 0.999))
         alpha = self.keep_ratios.detach()
         self.z = [self._project(alpha, b) for b in self.budgets]
         self.u = [torch.zeros_like(alpha) for _ in self.budgets]
@@ -101,20 +101,26 @@ class RatioAllocator:
     # -- ratios --------------------------------------------------------------------------------
     @property
     def keep_ratios(self) -> Tensor:
-        """α = σ(logits), clamped to the box [min_keep_ratio, 1]; differentiable."""
-        return torch.sigmoid(self.logits).clamp(min=self.config.min_keep_ratio)
+        """α = ε + (1 − ε)·σ(logits): inside the box [ε, 1] with a gradient everywhere.
+
+        A clamp at ε would zero the gradient below it, and a ratio pushed past the floor by the ADMM
+        penalty could then never come back.
+        """
+        eps = self.config.min_keep_ratio
+        return eps + (1.0 - eps) * torch.sigmoid(self.logits)
 
     def _project(self, v: Tensor, budget: Budget) -> Tensor:
         z = project_onto_budget(v.detach().double().cpu(), budget.cost, budget.limit, lower=self.config.min_keep_ratio, upper=1.0)
         return z.to(device=self.device, dtype=v.dtype)
 
     def feasible_ratios(self) -> Tensor:
-        """A point meeting every budget at once, closest to α along successive projections.
+        """The search's result: z (design note, section 5: take z, not α), meeting every budget at once.
 
-        Projections onto {cost ≤ B} of monotone costs only lower ratios, so projecting onto each budget in
-        turn never breaks one already met; a few rounds settle it.
+        With one budget this is z itself. With several, start from the mean of the z's and project onto each
+        budget in turn: projections onto {cost ≤ B} of monotone costs only lower ratios, so a budget already
+        met stays met, and a few rounds settle it.
         """
-        z = self.keep_ratios.detach()
+        z = torch.stack(self.z).mean(0)
         for _ in range(20):
             if all(b.is_met(z.double().cpu()) for b in self.budgets):
                 return z

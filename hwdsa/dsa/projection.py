@@ -56,7 +56,10 @@ class SupportsQuadraticTerms(Protocol):
     def quadratic_terms(self) -> tuple[Tensor, Tensor, float]: ...
 
 
-Method = Literal["inside", "quadratic", "linearized", "restored"]
+Method = Literal["inside", "quadratic", "linearized", "slsqp", "restored"]
+
+# A re-linearisation whose residual ‖T(z) − z‖∞ ends above this did not settle: SLSQP polishes its point.
+_SETTLED = 1e-6
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,7 @@ def _cost_value(cost: CostModel, z: Tensor) -> float:
     return value
 
 
-def _cost_grad(cost: CostModel, z: Tensor) -> Tensor:
+def _cost_value_and_grad(cost: CostModel, z: Tensor) -> tuple[float, Tensor]:
     with torch.enable_grad():
         x = z.detach().clone().requires_grad_(True)
         value = cost(x)
@@ -139,11 +142,15 @@ def _cost_grad(cost: CostModel, z: Tensor) -> Tensor:
             raise ConfigError(f"{type(cost).__name__} is not differentiable in the keep ratios; the projection needs ∇cost")
         (grad,) = torch.autograd.grad(value, x, allow_unused=True)
     if grad is None:
-        return torch.zeros_like(z)
+        grad = torch.zeros_like(z)
     grad = grad.detach().to(_F64)
     if not bool(torch.isfinite(grad).all()):
         raise ConfigError(f"{type(cost).__name__} returned a non-finite gradient at keep ratios {z.tolist()}")
-    return grad.clamp_min(0.0)  # a monotone cost has ∇ ≥ 0; round-off below 0 would flip the search direction
+    return float(value.detach()), grad.clamp_min(0.0)  # a monotone cost has ∇ ≥ 0; round-off would flip directions
+
+
+def _cost_grad(cost: CostModel, z: Tensor) -> Tensor:
+    return _cost_value_and_grad(cost, z)[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -399,6 +406,14 @@ def _ray_step(
     return ray(lam), lam
 
 
+@dataclass
+class _Linearized:
+    z: Tensor
+    multiplier: float  # nan when unknown (the repair step produced z)
+    iterations: int
+    residual: float  # smallest ‖T(z) − z‖∞ seen: ~0 at a fixed point (a KKT point)
+
+
 def _linearized(
     cost: CostModel,
     v: Tensor,
@@ -411,12 +426,15 @@ def _linearized(
     max_outer: int,
     xtol: float,
     memory: int = 5,
-) -> tuple[Tensor, float, int]:
+    patience: int = 10,
+) -> _Linearized:
     """Fixed point of z = T(z) (`_ray_step`), a KKT point; returns the feasible iterate closest to v.
 
     The plain iteration z ← T(z) oscillates where the cost curves strongly (λ·curvature > 1), so the next
     linearisation point is extrapolated from the last few iterates by Anderson acceleration. Only where ∇ is
     taken changes; every iterate T(·) is feasible, so the result is feasible whatever the extrapolation does.
+    A cost whose gradient jumps (a piecewise-linear latency surface) can have no fixed point at all: the
+    iteration then cycles, and it stops after `patience` iterations without halving its best residual.
     """
     tol = rtol * abs(limit)
     vc = torch.minimum(torch.maximum(v, lo), hi)
@@ -424,7 +442,8 @@ def _linearized(
     best: tuple[float, Tensor, float] | None = None
     residuals: list[Tensor] = []
     images: list[Tensor] = []
-    last = math.inf
+    last = best_res = mark = math.inf
+    since_mark = 0
     iterations = 0
     for iterations in range(1, max_outer + 1):
         step = _ray_step(cost, v, vc, z, lo, hi, limit, tol, steps)
@@ -437,7 +456,14 @@ def _linearized(
             best = (dist, tz, lam)
         f = tz - z
         res = float(f.abs().max())
+        best_res = min(best_res, res)
         if res <= xtol:
+            break
+        since_mark += 1
+        if best_res <= 0.5 * mark:
+            mark, since_mark = best_res, 0
+        elif since_mark >= patience:
+            _log.debug("budget projection: re-linearisation stalled at residual %.3g", best_res)
             break
         if res > 2.0 * last:  # the extrapolation misled: restart its memory from here
             residuals.clear()
@@ -456,8 +482,66 @@ def _linearized(
         else:
             z = tz
     if best is None:
-        return _restore(cost, limit, lo, start, tol, steps), math.nan, iterations
-    return best[1], best[2], iterations
+        return _Linearized(_restore(cost, limit, lo, start, tol, steps), math.nan, iterations, math.nan)
+    return _Linearized(best[1], best[2], iterations, best_res)
+
+
+def _polish(cost: CostModel, v: Tensor, z: Tensor, lo: Tensor, hi: Tensor, limit: float, max_iter: int) -> Tensor | None:
+    """Run scipy's SLSQP (a quasi-Newton SQP) from z; None if scipy is missing.
+
+    Used only where the re-linearisation did not settle: SLSQP's BFGS model of the curvature copes with
+    a gradient that jumps between the pieces of a piecewise-linear cost. Its result may be infeasible by
+    round-off; the caller repairs it and keeps it only if it is closer to v.
+    """
+    try:
+        from scipy.optimize import minimize
+    except ImportError:  # scipy comes with scikit-learn; without it the linearised point stands
+        return None
+    import numpy as np
+
+    vn = v.cpu().numpy()
+    lo_n, hi_n = lo.cpu().numpy(), hi.cpu().numpy()
+    # SLSQP asks for the constraint and its gradient at the same points, often repeatedly: price each once.
+    seen: dict[bytes, tuple[float, np.ndarray | None]] = {}
+
+    def point(x: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.clip(x, lo_n, hi_n)).to(device=v.device, dtype=_F64)
+
+    def slack(x: np.ndarray) -> float:
+        key = x.tobytes()
+        if key not in seen:
+            seen[key] = (1.0 - _cost_value(cost, point(x)) / limit, None)
+        return seen[key][0]
+
+    def slack_grad(x: np.ndarray) -> np.ndarray:
+        key = x.tobytes()
+        cached = seen.get(key)
+        if cached is None or cached[1] is None:
+            value, grad = _cost_value_and_grad(cost, point(x))
+            cached = (1.0 - value / limit, -grad.cpu().numpy() / limit)
+            seen[key] = cached
+        assert cached[1] is not None
+        return cached[1]
+
+    result = minimize(
+        lambda x: 0.5 * float(np.sum((x - vn) ** 2)),
+        z.cpu().numpy(),
+        jac=lambda x: x - vn,
+        bounds=list(zip(lo_n, hi_n)),
+        constraints=[{"type": "ineq", "fun": slack, "jac": slack_grad}],
+        method="SLSQP",
+        options={"ftol": 1e-13, "maxiter": max_iter},
+    )
+    return point(result.x)
+
+
+def _multiplier_estimate(cost: CostModel, v: Tensor, z: Tensor, lo: Tensor, hi: Tensor) -> float:
+    """λ from v − z = λ∇cost(z) by least squares over the ratios strictly inside their box."""
+    grad = _cost_grad(cost, z)
+    inner = (z > lo + 1e-9) & (z < hi - 1e-9)
+    g, r = grad[inner], (v - z)[inner]
+    dd = float(g @ g)
+    return max(float(r @ g) / dd, 0.0) if dd > 0 else math.nan
 
 
 def _kkt_residual(cost: CostModel, v: Tensor, z: Tensor, lo: Tensor, hi: Tensor, lam: float) -> float:
@@ -490,6 +574,7 @@ def solve_projection(
     max_outer: int = 50,
     root_steps: int = 200,
     xtol: float = 1e-10,
+    polish: bool = True,
 ) -> ProjectionResult:
     """Project `v` onto {z : cost(z) ≤ limit, lower ≤ z ≤ upper} and report how (see `project_onto_budget`).
 
@@ -503,6 +588,8 @@ def solve_projection(
         max_outer: re-linearisations of the general solver.
         root_steps: evaluations allowed to each one-dimensional root search.
         xtol: the general solver stops once an iteration moves no ratio by more than this.
+        polish: where the re-linearisation does not settle (a cost whose gradient jumps, a tight budget
+            on a non-convex set), refine its point with scipy's SLSQP and keep it if it is closer to v.
 
     Raises:
         BudgetInfeasibleError: the limit is below the cost at the lower corner.
@@ -550,13 +637,20 @@ def solve_projection(
         elif outcome is not None:
             _log.debug("budget needs λ past 1/|μ_min(Q)|: the quadratic path stops, the linearised solver goes on")
             start = outcome.z
-    z, lam, iterations = _linearized(cost, x, start, lo, hi, limit, rtol, root_steps, max_outer, xtol)
+    found = _linearized(cost, x, start, lo, hi, limit, rtol, root_steps, max_outer, xtol)
+    z, lam = found.z, found.multiplier
     method: Method = "linearized" if math.isfinite(lam) else "restored"
     if _cost_value(cost, z) > limit:  # cannot happen with exact arithmetic; keep the guarantee anyway
         z, method = _restore(cost, limit, lo, z, tol, root_steps), "restored"
+    if not found.residual <= _SETTLED and polish:
+        polished = _polish(cost, x, z, lo, hi, limit, max_iter=max(4 * max_outer, 100))
+        if polished is not None:
+            polished = _restore(cost, limit, lo, polished, tol, root_steps)
+            if float((polished - x).norm()) < float((z - x).norm()):
+                z, lam, method = polished, _multiplier_estimate(cost, x, polished, lo, hi), "slsqp"
     residual = _kkt_residual(cost, x, z, lo, hi, lam)
     out = _to_dtype_feasible(z, v.dtype, cost, limit, lo)
-    return ProjectionResult(out, method, lam, False, _cost_value(cost, z), iterations, residual)
+    return ProjectionResult(out, method, lam, False, _cost_value(cost, z), found.iterations, residual)
 
 
 def project_onto_budget(
@@ -568,6 +662,7 @@ def project_onto_budget(
     upper: float | Tensor = 1.0,
     rtol: float = 1e-10,
     max_outer: int = 50,
+    polish: bool = True,
 ) -> Tensor:
     """The point of {z : cost(z) ≤ limit, lower ≤ z ≤ upper} closest to `v` (Euclidean); always feasible.
 
@@ -584,6 +679,7 @@ def project_onto_budget(
         upper: largest keep ratio (number or [G]).
         rtol: relative tolerance on an active budget: cost(z) ∈ [limit·(1 − rtol), limit].
         max_outer: re-linearisations of the general solver.
+        polish: refine an unsettled re-linearisation with scipy's SLSQP (see `solve_projection`).
 
     Raises:
         BudgetInfeasibleError: the limit is below the cost at the lower corner (see `check_feasible`).
@@ -596,4 +692,4 @@ def project_onto_budget(
         >>> [round(x, 9) for x in z.tolist()]  # the budget keeps 4 of 8 channels: both lose the same
         [0.75, 0.25]
     """
-    return solve_projection(v, cost, limit, lower=lower, upper=upper, rtol=rtol, max_outer=max_outer).z
+    return solve_projection(v, cost, limit, lower=lower, upper=upper, rtol=rtol, max_outer=max_outer, polish=polish).z

@@ -212,8 +212,6 @@ class DsaSearch:
                     record["loss"],
                     ", ".join(f"{k} {v:.3f}" for k, v in record.items() if k.endswith("_fraction")),
                 )
-                if on_epoch is not None:
-                    on_epoch(record)
                 if checkpoint is not None:
                     if is_main_process():
                         save_checkpoint(
@@ -221,6 +219,8 @@ class DsaSearch:
                             {"phase": "search", "epoch": epoch + 1, "search": self.state_dict(), "scheduler": scheduler.state_dict()},
                         )
                     barrier()
+                if on_epoch is not None:
+                    on_epoch(record)
         finally:
             self.masker.remove()
         ratios = self.allocator.feasible_ratios()

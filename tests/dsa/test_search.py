@@ -1,0 +1,127 @@
+"""The DSA search end to end on real data: budget met, infeasible budgets refused, resume, distributed ranks agree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hwdsa.costs import Budget, FlopsCost, ParamsCost
+from hwdsa.data import load_dataset, make_loader
+from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+from hwdsa.dsa.search import DsaSearch, SearchConfig, channels_within_budgets
+from hwdsa.errors import BudgetInfeasibleError
+from hwdsa.graph import trace_channel_graph
+from hwdsa.models import create_model
+from hwdsa.training import TrainConfig
+
+
+def _setup(seed: int = 0, rank: int | None = None, world_size: int | None = None):
+    torch.manual_seed(seed)
+    splits = load_dataset("digits", subset_per_class=40, seed=0)
+    kw = {} if rank is None else {"rank": rank, "world_size": world_size}
+    train = make_loader(splits.train, 64, train=True, seed=seed, **kw)
+    holdout = make_loader(splits.holdout, 64, train=True, seed=seed, **kw)
+    model = create_model("small_cnn", in_channels=1)
+    graph = trace_channel_graph(model, splits.input_shape)
+    return model, graph, train, holdout
+
+
+def _config(epochs: int = 2) -> SearchConfig:
+    return SearchConfig(train=TrainConfig(epochs=epochs, lr=0.05), admm=AdmmConfig(update_every=1), seed=3)
+
+
+def test_search_meets_the_budget_exactly() -> None:
+    model, graph, train, holdout = _setup()
+    budgets = [Budget.fraction_of_dense(FlopsCost(graph), 0.5), Budget.fraction_of_dense(ParamsCost(graph), 0.6)]
+    result = DsaSearch(model, graph, budgets, _config(1), torch.device("cpu")).run(train, holdout)
+    for b in budgets:
+        assert b.cost.exact(result.channels) <= b.limit
+        assert b.cost(torch.tensor(result.keep_ratios, dtype=torch.float64)) <= b.limit * (1 + 1e-6)
+    assert result.weight_steps == len(train) and result.ratio_steps == len(train)
+    assert result.costs["flops"] > 0.3 * FlopsCost(graph).dense, "the allocation uses the budget, not far below it"
+
+
+def test_infeasible_budget_is_refused_before_training() -> None:
+    _, graph, _, _ = _setup()
+    cost = FlopsCost(graph)
+    with pytest.raises(BudgetInfeasibleError, match="smallest reachable"):
+        RatioAllocator(graph.group_sizes, [Budget(cost, 1.0)], AdmmConfig())
+
+
+def test_integer_channels_within_budget() -> None:
+    _, graph, _, _ = _setup()
+    cost = FlopsCost(graph)
+    budget = Budget.fraction_of_dense(cost, 0.37)
+    ratios = torch.full((len(graph.groups),), 0.62)  # deliberately over budget
+    for multiple in (None, 8):
+        ch = channels_within_budgets(ratios, [budget], graph.group_sizes, multiple=multiple)
+        assert cost.exact(ch) <= budget.limit
+        if multiple:
+            assert all(c % multiple == 0 or c == size for c, size in zip(ch, graph.group_sizes))
+
+
+def test_killed_search_resumes_to_the_same_result(tmp_path: Path) -> None:
+    def run(checkpoint: Path | None, kill_after: int | None = None, resume: bool = False):
+        model, graph, train, holdout = _setup()
+        budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
+        search = DsaSearch(model, graph, [budget], _config(2), torch.device("cpu"))
+
+        def on_epoch(record: dict) -> None:
+            if kill_after is not None and record["epoch"] == kill_after:
+                raise KeyboardInterrupt
+
+        result = search.run(train, holdout, checkpoint=checkpoint, resume=resume, on_epoch=on_epoch)
+        return result, model
+
+    straight, straight_model = run(None)
+    ckpt = tmp_path / "ckpt.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run(ckpt, kill_after=1)
+    assert ckpt.is_file()
+    resumed, resumed_model = run(ckpt, resume=True)
+    assert resumed.keep_ratios == straight.keep_ratios
+    assert resumed.channels == straight.channels
+    for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        model, graph, train, holdout = _setup(rank=rank, world_size=world_size)
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
+        search = DsaSearch(ddp, graph, [budget], _config(1), torch.device("cpu"))
+        seen: list[torch.Tensor] = []
+        original = search.masker.set_masks
+
+        def record(masks):  # every mask every rank applies, in order
+            seen.append(torch.cat([m.detach().flatten() for m in masks]))
+            return original(masks)
+
+        search.masker.set_masks = record  # type: ignore[method-assign]
+        result = search.run(train, holdout)
+        torch.save({"ratios": result.keep_ratios, "masks": torch.stack(seen), "logits": search.allocator.logits.detach()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_ranks_hold_identical_masks_and_ratios(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["ratios"] == r1["ratios"]
+    torch.testing.assert_close(r0["logits"], r1["logits"], rtol=0, atol=0)
+    torch.testing.assert_close(r0["masks"], r1["masks"], rtol=0, atol=0)
+    assert r0["masks"].shape[0] > 2

@@ -22,10 +22,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hwdsa.errors import ConfigError, HwdsaError
+
 from .base import TimingProtocol
 from .tablefile import partial_path
-
-_log = logging.getLogger("hwdsa.profilers")
 
 
 def _protocol_args(p: argparse.ArgumentParser) -> None:

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 from hwdsa._registry import Registry
 from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError
+
 from ._compat import override
 from .base import LayerSpec, Measurement, TimingProtocol, time_callable, time_samples
 from .device import cpu_description
@@ -324,6 +325,8 @@ def list_backends(*, check_availability: bool = False) -> list[BackendInfo]:
                 reason = get_backend_class(name).unavailable_reason()
             except (BackendUnavailableError, ConfigError) as exc:
                 reason = str(exc)
+            except Exception as exc:  # a broken third-party module must not break the listing
+                reason = f"cannot import backend {name!r}: {type(exc).__name__}: {exc}"
             info = BackendInfo(info.name, info.description, available=reason is None, reason=reason)
         out.append(info)
     return out

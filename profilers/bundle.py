@@ -22,6 +22,7 @@ from typing import Any
 
 from hwdsa._version import __version__
 from hwdsa.errors import ConfigError
+
 from .backend import OnnxBackend, get_backend, get_backend_class
 from .base import LayerSpec, TimingProtocol
 from .runner import OnEntry, profile_specs

@@ -18,6 +18,7 @@ from torch import nn
 
 from hwdsa._io import atomic_path
 from hwdsa.errors import ConfigError, ExportError
+
 from .base import LayerSpec
 from .specs import input_shape
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
+
 from ._compat import override
 from .backend import OnnxBackend, Session, check_threads
 from .base import LayerSpec

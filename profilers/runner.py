@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hwdsa.errors import TableError
+
 from .backend import Backend, resolve_backend
 from .base import LayerSpec, Measurement, TimingProtocol
 from .specs import common_precision_and_batch, dedupe_specs, spec_label
@@ -90,7 +91,10 @@ def _reuse_complete_table(out: Path, meta: dict[str, Any]) -> dict[LayerSpec, Me
     """Entries of an existing complete table at `out` measured under the same conditions."""
     if not out.exists():
         return {}
-    old_meta, entries = read_table(out)
+    try:
+        old_meta, entries = read_table(out)
+    except TableError as exc:
+        raise TableError(f"{exc} (to replace the file, pass resume=False or --no-resume)") from None
     ours, theirs = run_identity(meta), run_identity(old_meta)
     keys = ("device", "backend", "precision", "batch_size", "versions", "protocol", "backend_options")
     diff = [k for k in keys if ours.get(k) != theirs.get(k)]

@@ -10,6 +10,7 @@ from typing import Any
 
 from hwdsa._io import write_json_atomic
 from hwdsa.errors import ConfigError
+
 from .base import SPEC_COLUMNS, LayerSpec
 
 SPECS_FORMAT = "hwdsa-layer-specs"

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 from hwdsa._io import atomic_write
 from hwdsa.errors import TableError
+
 from .base import MEASUREMENT_COLUMNS, PRECISIONS, SPEC_COLUMNS, LayerSpec, Measurement
 
 _log = logging.getLogger(__name__)

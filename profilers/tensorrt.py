@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
+
 from ._compat import override
 from ._cuda import CudaDriver, cuda_error_or_none, driver
 from .backend import OnnxBackend, Session

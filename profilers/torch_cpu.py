@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError
+
 from ._compat import override
 from .backend import Backend, Session, check_threads
 from .base import LayerSpec

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError
+
 from ._compat import override
 from .backend import Backend, Session
 from .base import LayerSpec

@@ -30,7 +30,7 @@ class AdmmConfig:
 
     Attributes:
         rho: weight of the augmented penalty (ρ/2)‖α − z + u‖².
-        ratio_lr: Adam learning rate on the ratio logits.
+        ratio_lr: step size η of the linearised α-step, in keep-ratio units per unit of normalised gradient.
         initial_logit: starting logit of every ratio (the authors' 5 gives α ≈ 0.993).
         min_keep_ratio: lower end of the box every ratio stays in.
         update_every: weight steps between two ratio steps.
@@ -39,7 +39,7 @@ class AdmmConfig:
         importance: how a group's members' BatchNorm scales are combined ("first" is the authors' choice).
     """
 
-    rho: float = 1.0
+    rho: float = 10.0
     ratio_lr: float = 0.05
     initial_logit: float = 5.0
     min_keep_ratio: float = 0.05
@@ -92,7 +92,8 @@ class RatioAllocator:
         for b in self.budgets:
             check_feasible(b.cost, b.limit, lower)
         self.logits = nn.Parameter(torch.full((len(self.group_sizes),), config.initial_logit, device=self.device))
-        self.optimizer = torch.optim.Adam([self.logits], lr=config.ratio_lr, betas=(0.0, 0.999))
+        self.grad_sq = torch.zeros((), device=self.device)  # running mean square of the task gradient
+        self._alpha: Tensor | None = None  # the α the last differentiable masks were drawn from
         alpha = self.keep_ratios.detach()
         self.z = [self._project(alpha, b) for b in self.budgets]
         self.u = [torch.zeros_like(alpha) for _ in self.budgets]
@@ -137,7 +138,10 @@ class RatioAllocator:
 
     def masks(self, importance: Sequence[Tensor], beta2: float, generator: torch.Generator | None = None) -> list[Tensor]:
         """Bernoulli masks per group with straight-through gradients to α (one [C_g] vector per group)."""
-        p, valid = self.probabilities(importance, beta2)
+        imp, valid = pad_importance([t.to(self.device) for t in importance])
+        alpha = self.keep_ratios
+        self._alpha = alpha
+        p = keep_probabilities(imp, valid, alpha, beta2, floor=self.config.floor)
         m = sample_masks(p, generator=generator)
         return [m[g, :c] for g, c in enumerate(self.group_sizes)]
 
@@ -154,19 +158,36 @@ class RatioAllocator:
         return [max(1, min(c, int(torch.round(r[g] * c)))) for g, c in enumerate(self.group_sizes)]
 
     # -- ADMM ----------------------------------------------------------------------------------
-    def penalty(self) -> Tensor:
-        """(ρ/2) Σ_b ‖α − z_b + u_b‖²."""
-        alpha = self.keep_ratios
-        return 0.5 * self.config.rho * sum(((alpha - z + u) ** 2).sum() for z, u in zip(self.z, self.u))  # type: ignore[return-value]
-
     def ratio_step(self, task_loss: Tensor) -> None:
-        """One α-step: gradient of task loss + penalty w.r.t. the logits only, averaged over ranks."""
-        objective = task_loss + self.penalty()
-        (grad,) = torch.autograd.grad(objective, [self.logits])
-        self.logits.grad = all_reduce_mean_(grad.detach().clone())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One linearised-ADMM α-step on the task loss of masks drawn by the last `masks()` call.
+
+        With g the task-loss gradient w.r.t. α (through the implicit gradient of the pruning process),
+        averaged over ranks and divided by its running root mean square (one scalar for all groups, so the
+        groups' relative sensitivities are kept), α moves to the minimiser of
+        ⟨g, α⟩ + ‖α − α_k‖²/(2η) + (ρ/2) Σ_b ‖α − z_b + u_b‖², clipped to the box. Unlike a gradient
+        step on the penalty, this tracks z − u at a fixed rate whatever the size of u, so the dual cannot
+        drive α far past the budget.
+        """
+        if self._alpha is None:
+            raise RuntimeError("ratio_step needs differentiable masks from masks() first")
+        (grad,) = torch.autograd.grad(task_loss, [self._alpha])
+        g = all_reduce_mean_(grad.detach().clone())
+        self.grad_sq = 0.9 * self.grad_sq + 0.1 * g.pow(2).mean() if self.steps else g.pow(2).mean()
+        g = g / (self.grad_sq.sqrt() + 1e-12)
+        eta, rho = self.config.ratio_lr, self.config.rho
+        with torch.no_grad():
+            a = self._alpha.detach()
+            pull = sum(z - u for z, u in zip(self.z, self.u))
+            new = (a / eta - g + rho * pull) / (1.0 / eta + rho * len(self.z))
+            self._set_ratios(new)
+        self._alpha = None
         self.steps += 1
+
+    def _set_ratios(self, ratios: Tensor) -> None:
+        """Store `ratios` (clipped into the box) as logits."""
+        eps = self.config.min_keep_ratio
+        s = ((ratios - eps) / (1.0 - eps)).clamp(1e-6, 1 - 1e-6)
+        self.logits.copy_(torch.log(s) - torch.log1p(-s))
 
     def admm_update(self) -> None:
         """z-step (projection of α + u onto each budget) and u-step (u ← u + α − z)."""
@@ -179,7 +200,7 @@ class RatioAllocator:
     def state_dict(self) -> dict[str, Any]:
         return {
             "logits": self.logits.detach().cpu().clone(),
-            "optimizer": self.optimizer.state_dict(),
+            "grad_sq": self.grad_sq.detach().cpu(),
             "z": [z.cpu() for z in self.z],
             "u": [u.cpu() for u in self.u],
             "steps": self.steps,
@@ -191,7 +212,7 @@ class RatioAllocator:
             raise ConfigError(f"allocator state is for groups {state['group_sizes']}, this model has {list(self.group_sizes)}")
         with torch.no_grad():
             self.logits.copy_(state["logits"].to(self.device))
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.grad_sq = state["grad_sq"].to(self.device)
         self.z = [z.to(self.device) for z in state["z"]]
         self.u = [u.to(self.device) for u in state["u"]]
         self.steps = int(state["steps"])

@@ -641,14 +641,24 @@ def solve_projection(
     z, lam = found.z, found.multiplier
     method: Method = "linearized" if math.isfinite(lam) else "restored"
     if _cost_value(cost, z) > limit:  # cannot happen with exact arithmetic; keep the guarantee anyway
-        z, method = _restore(cost, limit, lo, z, tol, root_steps), "restored"
-    if not found.residual <= _SETTLED and polish:
+        z, lam, method = _restore(cost, limit, lo, z, tol, root_steps), math.nan, "restored"
+    residual = _kkt_residual(cost, x, z, lo, hi, lam)
+    if polish and not residual <= _SETTLED:
         polished = _polish(cost, x, z, lo, hi, limit, max_iter=max(4 * max_outer, 100))
         if polished is not None:
-            polished = _restore(cost, limit, lo, polished, tol, root_steps)
-            if float((polished - x).norm()) < float((z - x).norm()):
-                z, lam, method = polished, _multiplier_estimate(cost, x, polished, lo, hi), "slsqp"
-    residual = _kkt_residual(cost, x, z, lo, hi, lam)
+            # SLSQP may stop a little outside the set: pull its point back along the segment toward the lower
+            # corner, or along the ray from v by the gradient there, and keep whichever is closer to v.
+            candidates = [(_restore(cost, limit, lo, polished, tol, root_steps), math.nan)]
+            step = _ray_step(cost, x, z0, polished, lo, hi, limit, tol, root_steps)
+            if step is not None:
+                candidates.append(step)
+            for point, multiplier in candidates:
+                if float((point - x).norm()) < float((z - x).norm()):
+                    z, lam, method = point, multiplier, "slsqp"
+            if method == "slsqp":
+                if not math.isfinite(lam):
+                    lam = _multiplier_estimate(cost, x, z, lo, hi)
+                residual = _kkt_residual(cost, x, z, lo, hi, lam)
     out = _to_dtype_feasible(z, v.dtype, cost, limit, lo)
     return ProjectionResult(out, method, lam, False, _cost_value(cost, z), found.iterations, residual)
 

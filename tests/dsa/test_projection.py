@@ -209,11 +209,16 @@ class TestAlwaysFeasible:
         z = project_onto_budget(torch.ones(3, dtype=F64), cost, limit, lower=0.1)
         torch.testing.assert_close(z, torch.full((3,), 0.1, dtype=F64))
 
-    def test_flat_cost_is_repaired_toward_the_lower_corner(self) -> None:
+    def test_flat_cost_is_repaired_then_polished_to_the_true_projection(self) -> None:
+        # No gradient at the start: the repair walks toward the lower corner ([0.4, 0.4]), and the polish
+        # then finds the closest feasible point, which leaves the free coordinate where it was.
         result = solve_projection(torch.ones(2, dtype=F64), FlatTop(), 0.8, lower=0.1)
-        assert result.method == "restored" and math.isnan(result.multiplier) and not result.is_exact
+        assert result.method == "slsqp" and not result.is_exact
         assert math.isclose(float(FlatTop()(result.z)), 0.8, rel_tol=1e-8)
-        torch.testing.assert_close(result.z, torch.tensor([0.4, 0.4], dtype=F64))
+        torch.testing.assert_close(result.z, torch.tensor([0.4, 1.0], dtype=F64))
+        unpolished = solve_projection(torch.ones(2, dtype=F64), FlatTop(), 0.8, lower=0.1, polish=False)
+        assert unpolished.method == "restored" and math.isnan(unpolished.multiplier)
+        torch.testing.assert_close(unpolished.z, torch.tensor([0.4, 0.4], dtype=F64))
 
     def test_projection_is_idempotent(self) -> None:
         cost = chain_flops([1.0, 1.0], [0.1, 0.1, 0.1])

@@ -214,3 +214,16 @@ def test_third_party_backend_from_entry_point(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "third-party backend (frob) FrobBackend"
+
+
+@pytest.mark.parametrize(
+    "module", ["hwdsa.profilers", "hwdsa.profilers.backend", "hwdsa.profilers.runner", "hwdsa.profilers.specs"]
+)
+def test_docstring_examples_run(module: str) -> None:
+    """The `Example:` blocks run, imported under their installed names (pytest's --doctest-modules would
+    import `profilers/` a second time as a top-level package, which the path-mapped layout does not support)."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

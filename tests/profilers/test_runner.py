@@ -116,3 +116,13 @@ def test_bad_spec_lists(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="measures precision"):
         profile_specs([conv(4, 8, precision="fp16")], be, LIGHT, out_path=tmp_path / "t.csv")
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_corrupted_existing_table_names_the_way_out(tmp_path: Path) -> None:
+    out = tmp_path / "t.csv"
+    out.write_text("garbage\n", encoding="utf-8")
+    be = get_backend("onnxruntime", num_threads=1)
+    with pytest.raises(TableError, match=r"not an hwdsa latency table.*pass resume=False"):
+        profile_specs(tiny_specs()[:1], be, LIGHT, out_path=out)
+    rows = profile_specs(tiny_specs()[:1], be, LIGHT, out_path=out, resume=False)
+    assert read_table(out)[1] == rows

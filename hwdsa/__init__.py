@@ -12,7 +12,40 @@ from typing import Any
 
 from hwdsa._version import __version__ as __version__
 
-_LAZY: dict[str, str] = {}
+# public name → module that defines it (imported on first access)
+_LAZY: dict[str, str] = {
+    # structure and costs
+    "trace_channel_graph": "hwdsa.graph",
+    "ChannelGraph": "hwdsa.graph",
+    "CostModel": "hwdsa.costs",
+    "Budget": "hwdsa.costs",
+    "FlopsCost": "hwdsa.costs",
+    "ParamsCost": "hwdsa.costs",
+    "count_flops": "hwdsa.counting",
+    "count_params": "hwdsa.counting",
+    # surgery
+    "PruningPlan": "hwdsa.surgery",
+    "prune": "hwdsa.surgery",
+    "save_pruned": "hwdsa.surgery",
+    "load_pruned": "hwdsa.surgery",
+    # DSA and the end-to-end job
+    "DsaSearch": "hwdsa.dsa.search",
+    "SearchConfig": "hwdsa.dsa.search",
+    "SearchResult": "hwdsa.dsa.search",
+    "AdmmConfig": "hwdsa.dsa.allocator",
+    "PruneJob": "hwdsa.flows",
+    "PruneJobConfig": "hwdsa.flows",
+    "BudgetSpec": "hwdsa.flows",
+    # models and data
+    "create_model": "hwdsa.models",
+    "list_models": "hwdsa.models",
+    "load_dataset": "hwdsa.data",
+    "make_loader": "hwdsa.data",
+    # latency and deployment
+    "LatencyTable": "hwdsa.lut",
+    "LatencyCost": "hwdsa.lut",
+    "export_model": "hwdsa.export",
+}
 
 __all__ = ["__version__", *_LAZY]
 

@@ -2,7 +2,9 @@
 
 Polygraphy's split: building an artefact (`onnx_from_module`, `qdq_onnx_from_onnx`, `engine_from_onnx`),
 running it (`session_from_onnx` + `OrtRunner`, `engine_from_file` + `TrtRunner`) and comparing it with
-PyTorch (`compare_outputs`) are separate steps; `export_model` chains them for `hwdsa export`.
+PyTorch (`compare_outputs`) are separate steps; `export_model` chains them for `hwdsa export`, times each
+artefact with the profilers' backends and compares it with the cost model's prediction and the run's
+budget (`LatencyTargets`, read from a `hwdsa prune` folder by `latency_targets_from_run`).
 Importing this package loads neither onnxruntime nor tensorrt.
 """
 
@@ -23,6 +25,9 @@ from hwdsa.export.onnxruntime import session_from_onnx as session_from_onnx
 from hwdsa.export.onnxruntime import time_session as time_session
 from hwdsa.export.quantize import fp16_onnx_from_onnx as fp16_onnx_from_onnx
 from hwdsa.export.quantize import qdq_onnx_from_onnx as qdq_onnx_from_onnx
+from hwdsa.export.targets import Conditions as Conditions
+from hwdsa.export.targets import LatencyTargets as LatencyTargets
+from hwdsa.export.targets import latency_targets_from_run as latency_targets_from_run
 from hwdsa.export.tensorrt import EngineRecord as EngineRecord
 from hwdsa.export.tensorrt import TrtRunner as TrtRunner
 from hwdsa.export.tensorrt import check_engine_record as check_engine_record
@@ -33,8 +38,10 @@ from hwdsa.export.tensorrt import time_engine as time_engine
 __all__ = [
     "FORMATS",
     "ComparisonReport",
+    "Conditions",
     "DeploymentReport",
     "EngineRecord",
+    "LatencyTargets",
     "OrtRunner",
     "Runner",
     "Tolerance",
@@ -45,6 +52,7 @@ __all__ = [
     "engine_from_onnx",
     "export_model",
     "fp16_onnx_from_onnx",
+    "latency_targets_from_run",
     "onnx_from_module",
     "qdq_onnx_from_onnx",
     "read_deployment_reports",

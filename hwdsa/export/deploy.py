@@ -1,8 +1,11 @@
 """Export a model to every requested format, verify each artefact, time it, and report (`hwdsa export`).
 
-One `DeploymentReport` per artefact: where it is, which backend and precision run it, how it compares
-with PyTorch, its measured latency, and room for the latency the cost model predicted and the budget
-(filled in by the caller, who owns the cost model). All reports go to `report.json`, written atomically.
+One `DeploymentReport` per requested format: where the artefact is, which backend and precision run
+it, how it compares with PyTorch, its latency measured by the profilers' backends under the one timing
+protocol, and the latency the cost model predicted and the budget (from `LatencyTargets`, only where
+the table's conditions are the artefact's; otherwise a note says why they are absent). A format whose
+backend is not installed is either refused before any work or, with `skip_unavailable`, reported as
+skipped with the reason. All reports go to `report.json`, written atomically and last.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,25 +23,36 @@ from torch import nn
 
 from hwdsa._io import write_json_atomic
 from hwdsa._version import __version__
-from hwdsa.errors import ConfigError, ExportError
+from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.export._data import BatchSource, as_batches
 from hwdsa.export.compare import ComparisonReport, Tolerance, compare_outputs
 from hwdsa.export.onnx import DEFAULT_OPSET, check_input_shape, model_name, onnx_from_module
+from hwdsa.export.targets import Conditions, LatencyTargets
 from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol
 
 _log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "onnxruntime", "tensorrt")
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+_READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 lacked the fields that now have defaults
 REPORT_NAME = "report.json"
+#: The profilers backend that times an ONNX Runtime session on each execution provider.
+ORT_TIMING_BACKENDS = {
+    "CPUExecutionProvider": "onnxruntime",
+    "CUDAExecutionProvider": "onnxruntime_cuda",
+    "TensorrtExecutionProvider": "onnxruntime_tensorrt",
+}
 
 
 @dataclass(frozen=True)
 class DeploymentReport:
-    """One deployed artefact: what it is, whether it matches PyTorch, and how fast it runs.
+    """One requested format: the artefact, whether it matches PyTorch, and how fast it runs.
 
-    `predicted_latency_ms` and `budget_latency_ms` are filled by the caller (the latency cost model and
-    the pruning budget); `ratio_to_budget` is measured / budget, so <= 1 means the budget is met.
+    `measured` comes from the profilers backend `timing_backend` on `device`. `predicted_latency_ms`
+    and `budget_latency_ms` are the cost model's prediction and the run's budget when they hold under
+    the same conditions; `prediction_note` / `budget_note` say where they come from or why they are
+    absent. `ratio_to_budget` is measured / budget, so <= 1 means the budget is met. A format that
+    was skipped has `skipped_reason` set, an empty `artefact_path` and nothing measured.
     """
 
     model_name: str
@@ -52,6 +66,15 @@ class DeploymentReport:
     predicted_latency_ms: float | None = None
     budget_latency_ms: float | None = None
     hwdsa_version: str = __version__
+    timing_backend: str | None = None
+    device: str | None = None
+    prediction_note: str | None = None
+    budget_note: str | None = None
+    skipped_reason: str | None = None
+
+    @property
+    def is_skipped(self) -> bool:
+        return self.skipped_reason is not None
 
     @property
     def measured_latency_ms(self) -> float | None:
@@ -72,13 +95,24 @@ class DeploymentReport:
         return float(self.measured.median_ms) / self.predicted_latency_ms
 
     def with_latency_targets(
-        self, *, predicted_latency_ms: float | None = None, budget_latency_ms: float | None = None
+        self,
+        *,
+        predicted_latency_ms: float | None = None,
+        budget_latency_ms: float | None = None,
+        prediction_note: str | None = None,
+        budget_note: str | None = None,
     ) -> DeploymentReport:
-        """A copy with the cost model's prediction and the budget filled in."""
+        """A copy with the cost model's prediction and the budget (and their notes) filled in."""
         for label, value in (("predicted_latency_ms", predicted_latency_ms), ("budget_latency_ms", budget_latency_ms)):
             if value is not None and not value > 0:
                 raise ConfigError(f"{label} must be positive; got {value}")
-        return replace(self, predicted_latency_ms=predicted_latency_ms, budget_latency_ms=budget_latency_ms)
+        return replace(
+            self,
+            predicted_latency_ms=predicted_latency_ms,
+            budget_latency_ms=budget_latency_ms,
+            prediction_note=prediction_note,
+            budget_note=budget_note,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; derived ratios are included for readers, and ignored by `from_dict`."""
@@ -98,11 +132,14 @@ class DeploymentReport:
         return cls(**fields)
 
 
-def write_deployment_reports(path: str | os.PathLike[str], reports: Sequence[DeploymentReport]) -> Path:
-    """Write reports as versioned JSON, atomically."""
-    payload = {
+def write_deployment_reports(
+    path: str | os.PathLike[str], reports: Sequence[DeploymentReport], *, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write reports as versioned JSON, atomically; `extra` adds top-level keys (protocol, latency model)."""
+    payload: dict[str, Any] = {
         "schema_version": REPORT_SCHEMA_VERSION,
         "hwdsa_version": __version__,
+        **dict(extra or {}),
         "reports": [r.to_dict() for r in reports],
     }
     return write_json_atomic(path, payload)
@@ -114,9 +151,10 @@ def read_deployment_reports(path: str | os.PathLike[str]) -> list[DeploymentRepo
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot read deployment report {os.fspath(path)}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("schema_version") != REPORT_SCHEMA_VERSION:
+    if not isinstance(payload, dict) or payload.get("schema_version") not in _READABLE_SCHEMA_VERSIONS:
         raise ConfigError(
-            f"{os.fspath(path)} is not a deployment report of schema version {REPORT_SCHEMA_VERSION}"
+            f"{os.fspath(path)} is not a deployment report of schema version "
+            f"{' or '.join(map(str, _READABLE_SCHEMA_VERSIONS))}"
         )
     try:
         return [DeploymentReport.from_dict(r) for r in payload["reports"]]
@@ -137,6 +175,39 @@ def _random_batches(input_shape: tuple[int, ...], n: int = 2) -> list[torch.Tens
     return [torch.randn(input_shape, generator=generator) for _ in range(n)]
 
 
+def _unavailable_reason(fmt: str, providers: Sequence[str] | None) -> str | None:
+    """Why `fmt` cannot be produced here (None when it can); checked before any work is done."""
+    if fmt == "tensorrt":
+        from hwdsa.export.tensorrt import _import_tensorrt, _require_cuda
+
+        try:
+            _import_tensorrt()
+            _require_cuda()
+        except BackendUnavailableError as exc:
+            return str(exc)
+    elif fmt == "onnxruntime":
+        from hwdsa.export.onnxruntime import _import_onnxruntime, _usable
+
+        try:
+            _import_onnxruntime()
+        except BackendUnavailableError as exc:
+            return str(exc)
+        unusable = [p for p in providers or () if not _usable(p)]
+        if unusable:
+            return f"ONNX Runtime provider(s) {unusable} cannot run here (no CUDA device, or TensorRT missing)"
+    return None
+
+
+def _ort_timing_backend(provider: str, threads: int | None) -> Any:
+    """The profilers backend that times sessions on `provider` (the one latency tables are made with)."""
+    from hwdsa.profilers.backend import get_backend
+
+    name = ORT_TIMING_BACKENDS.get(provider)
+    if name is None:
+        raise ConfigError(f"no profilers backend times ONNX Runtime's {provider}; use one of {sorted(ORT_TIMING_BACKENDS)}")
+    return get_backend(name, num_threads=threads)
+
+
 def export_model(
     model: nn.Module,
     out_dir: str | os.PathLike[str],
@@ -153,14 +224,21 @@ def export_model(
     threads: int | None = None,
     workspace_bytes: int | None = None,
     tolerance: Tolerance | None = None,
+    skip_unavailable: bool = False,
+    latency_targets: LatencyTargets | None = None,
 ) -> list[DeploymentReport]:
     """Export `model` to `out_dir` in each of `formats`, verify each runtime artefact, time it, report.
 
     Files written to `out_dir`: `model.onnx` (FP32); for INT8 `model.int8.onnx` (full-range Q/DQ, for
     TensorRT and GPU providers) and/or `model.int8.reduced.onnx` (7-bit weights, for ONNX Runtime's CPU
-    kernels on x86 without VNNI; see `hwdsa.export.quantize`); `model.fp16.onnx` for ONNX Runtime at
-    FP16; `model.<precision>.engine` and its `.json` record for TensorRT; and `report.json` (all
-    reports, written last and atomically).
+    kernels on x86 without VNNI; see `hwdsa.export.quantize`); `model.fp16.onnx` at FP16 (ONNX Runtime
+    and TensorRT); `model.<precision>.engine` and its `.json` record for TensorRT; and `report.json`
+    (all reports, written last and atomically). Each file is written atomically; a `report.json` left
+    from an earlier export is removed first, so a failed export never leaves a stale report.
+
+    Latency is measured by the profilers' backends under `protocol`: ONNX Runtime sessions by the
+    backend of their execution provider (`onnxruntime`, `onnxruntime_cuda`, `onnxruntime_tensorrt`),
+    which binds inputs once like the per-layer tables; engines with CUDA events (`time_engine`).
 
     Args:
         model: the (pruned) network.
@@ -174,9 +252,14 @@ def export_model(
             top-1 check means nothing on noise.
         protocol: timing protocol (default `TimingProtocol()`).
         name: the model's name in reports (default: its class name).
-        opset, providers, threads, workspace_bytes: passed to `onnx_from_module`, `session_from_onnx`
-            and `engine_from_onnx`.
+        opset, providers, workspace_bytes: passed to `onnx_from_module`, `session_from_onnx` and
+            `engine_from_onnx`.
+        threads: ONNX Runtime intra-op threads, for verification and timing (None: its default).
         tolerance: overrides the precision's default tolerance for verification.
+        skip_unavailable: report a format whose backend is not installed here as skipped (with the
+            reason) instead of raising.
+        latency_targets: the cost model's prediction and the budget to compare measurements with
+            (see `latency_targets_from_run`); None leaves them absent.
 
     Returns:
         One DeploymentReport per format, in the order of `formats`.
@@ -184,7 +267,7 @@ def export_model(
     Raises:
         ConfigError: unknown formats or precision, bad input_shape, INT8 without calibration data.
         BackendUnavailableError: a requested backend is not installed here (checked before any work;
-            leave it out of `formats` to skip it).
+            pass `skip_unavailable=True` or leave it out of `formats`).
         ExportError: the export fails, or an artefact does not match PyTorch within tolerance.
     """
     label = name or model_name(model)
@@ -199,14 +282,16 @@ def export_model(
             "INT8 needs calibration data: pass calibration_data= a few hundred real input samples, or choose "
             "precision 'fp32' or 'fp16'"
         )
-    if "tensorrt" in chosen:
-        from hwdsa.export.tensorrt import _import_tensorrt, _require_cuda
+    skipped: dict[str, str] = {}
+    for fmt in chosen:
+        reason = _unavailable_reason(fmt, providers)
+        if reason is None:
+            continue
+        if not skip_unavailable:
+            raise BackendUnavailableError(f"cannot export to {fmt}: {reason} (or skip it: skip_unavailable=True, --skip-unavailable)")
+        skipped[fmt] = reason
+        _log.warning("skipping %s: %s", fmt, reason)
 
-        _import_tensorrt()  # BackendUnavailableError before any work; callers may drop "tensorrt" and retry
-        _require_cuda()
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if verify_batches is not None:
         checks: list[torch.Tensor] | None = as_batches(verify_batches, what="verify_batches", sample_shape=shape[1:])
     elif precision == "int8":
@@ -214,16 +299,29 @@ def export_model(
         _log.warning("no verify_batches: the INT8 artefacts of %s are not checked against PyTorch", label)
     else:
         checks = _random_batches(shape)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_NAME).unlink(missing_ok=True)  # a report must never describe artefacts it did not make
     timing_input = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    proto = protocol or TimingProtocol()
 
     onnx_path = onnx_from_module(model, out / "model.onnx", input_shape=shape, opset=opset)
     reports: list[DeploymentReport] = []
 
     def report(backend: str, runner: str | None, path: Path, measured: Measurement | None,
-               comparison: ComparisonReport | None) -> DeploymentReport:
-        return DeploymentReport(
+               comparison: ComparisonReport | None, timing_backend: Any = None) -> DeploymentReport:
+        made = DeploymentReport(
             model_name=label, backend=backend, runner=runner, precision=precision, artefact_path=os.fspath(path),
             input_shape=shape, measured=measured, comparison=comparison,
+            timing_backend=None if timing_backend is None else str(timing_backend.name),
+            device=None if timing_backend is None else str(timing_backend.device_description()),
+        )
+        if measured is None or latency_targets is None or made.timing_backend is None or made.device is None:
+            return made
+        targets = latency_targets.for_artefact(Conditions(made.timing_backend, made.device, precision, shape[0]))
+        return made.with_latency_targets(
+            predicted_latency_ms=targets.predicted_latency_ms, budget_latency_ms=targets.budget_latency_ms,
+            prediction_note=targets.prediction_note, budget_note=targets.budget_note,
         )
 
     derived: dict[str, Path] = {}  # lower-precision graphs, each made once and shared by the formats
@@ -245,22 +343,27 @@ def export_model(
             derived["model.fp16.onnx"] = fp16_onnx_from_onnx(onnx_path, out / "model.fp16.onnx")
         return derived["model.fp16.onnx"]
 
+    def graph_at_precision() -> Path:
+        return int8_onnx() if precision == "int8" else fp16_onnx() if precision == "fp16" else onnx_path
+
     def verify(runner: Any) -> ComparisonReport | None:
         if checks is None:
             return None
         return compare_outputs(model, runner, checks, precision=precision, tolerance=tolerance)
 
     for fmt in chosen:
+        if fmt in skipped:
+            reports.append(
+                DeploymentReport(
+                    model_name=label, backend=fmt, runner=None, precision=precision, artefact_path="",
+                    input_shape=shape, measured=None, comparison=None, skipped_reason=skipped[fmt],
+                )
+            )
+            continue
         if fmt == "onnx":  # the graph at the requested precision, as other runtimes would consume it
-            if precision == "int8":
-                graph = int8_onnx()
-            elif precision == "fp16":
-                graph = fp16_onnx()
-            else:
-                graph = onnx_path
-            reports.append(report("onnx", None, graph, None, None))
+            reports.append(report("onnx", None, graph_at_precision(), None, None))
         elif fmt == "onnxruntime":
-            from hwdsa.export.onnxruntime import OrtRunner, default_providers, session_from_onnx, time_session
+            from hwdsa.export.onnxruntime import OrtRunner, default_providers, session_from_onnx
 
             ort_path = onnx_path
             if precision == "int8":
@@ -271,18 +374,21 @@ def export_model(
                 ort_path = int8_onnx(reduce_range=on_cpu and cpu_int8_needs_reduce_range())
             elif precision == "fp16":
                 ort_path = fp16_onnx()
-            session = session_from_onnx(ort_path, providers=providers, threads=threads)
-            ort_runner = OrtRunner(session)
+            ort_runner = OrtRunner(session_from_onnx(ort_path, providers=providers, threads=threads))
             comparison = verify(ort_runner)
-            measured = time_session(session, timing_input, protocol)
-            reports.append(report("onnxruntime", ort_runner.name, ort_path, measured, comparison))
+            provider, runner_name = ort_runner.provider, ort_runner.name
+            del ort_runner  # one session in memory at a time: the timing backend makes its own
+            timer = _ort_timing_backend(provider, threads)
+            measured = timer.measure_network(ort_path, shape, proto, precision=precision)
+            reports.append(report("onnxruntime", runner_name, ort_path, measured, comparison, timer))
         else:  # tensorrt
             from hwdsa.export.tensorrt import DEFAULT_WORKSPACE_BYTES, TrtRunner, engine_from_onnx, time_engine
+            from hwdsa.profilers.backend import get_backend
 
             largest = max([shape[0], *(int(b.shape[0]) for b in checks or [])])
             engine_path = out / f"model.{precision}.engine"
             engine_from_onnx(
-                int8_onnx() if precision == "int8" else onnx_path,
+                graph_at_precision(),
                 engine_path,
                 precision=precision,
                 input_shape=shape,
@@ -291,9 +397,13 @@ def export_model(
             )
             trt_runner = TrtRunner.from_file(engine_path)
             comparison = verify(trt_runner)
-            measured = time_engine(trt_runner, timing_input, protocol)
-            reports.append(report("tensorrt", trt_runner.name, engine_path, measured, comparison))
+            measured = time_engine(trt_runner, timing_input, proto)
+            timer = get_backend("tensorrt", device=torch.cuda.current_device())
+            reports.append(report("tensorrt", trt_runner.name, engine_path, measured, comparison, timer))
         _log.info("%s: %s %s done", label, fmt, precision)
 
-    write_deployment_reports(out / REPORT_NAME, reports)
+    extra: dict[str, Any] = {"timing_protocol": asdict(proto)}
+    if latency_targets is not None:
+        extra["latency_targets"] = latency_targets.to_dict()
+    write_deployment_reports(out / REPORT_NAME, reports, extra=extra)
     return reports

@@ -88,6 +88,26 @@ def is_qdq_onnx(path: str | os.PathLike[str]) -> bool:
     return bool(onnx_op_types(path) & QDQ_OPS)
 
 
+def onnx_precision(path: str | os.PathLike[str]) -> str:
+    """The precision a graph carries in its types: "int8" (Q/DQ nodes), "fp16" (FP16 weights or casts to
+    FP16, as `fp16_onnx_from_onnx` makes), else "fp32".
+
+    A strongly typed TensorRT network computes in exactly these types, so this is what an engine built
+    from the file runs at.
+    """
+    proto = onnx.load(os.fspath(path), load_external_data=False)
+    graph = proto.graph
+    if {node.op_type for node in graph.node} & QDQ_OPS:
+        return "int8"
+    half = onnx.TensorProto.FLOAT16
+    if any(init.data_type == half for init in graph.initializer):
+        return "fp16"
+    for node in graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == half for a in node.attribute):
+            return "fp16"
+    return "fp32"
+
+
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Put the model in eval mode and restore its training flags afterwards, module by module."""

@@ -34,10 +34,11 @@ from typing import Any
 
 import numpy as np
 import onnx
+import torch
 
 from hwdsa._io import atomic_path
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
-from hwdsa.export._data import BatchSource, as_batches
+from hwdsa.export._data import DEFAULT_SPLIT, BatchSource, as_batches
 from hwdsa.export.onnx import QDQ_OPS, onnx_op_types
 
 _log = logging.getLogger(__name__)
@@ -95,6 +96,20 @@ def _graph_input(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> tuple[
         )
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     return inputs[0].name, dims
+
+
+def _equal_batches(batches: list[torch.Tensor], largest: int = DEFAULT_SPLIT) -> list[torch.Tensor]:
+    """The same samples regrouped into batches of one size (the largest divisor of their count <= `largest`).
+
+    ONNX Runtime's histogram calibrators (percentile, entropy) stack every batch's activations into
+    one array and fail on a last batch of another size ("inhomogeneous shape"); no sample is dropped.
+    """
+    if len({tuple(b.shape) for b in batches}) == 1:
+        return batches
+    samples = torch.cat(batches)
+    n = int(samples.shape[0])
+    size = max(d for d in range(1, min(largest, n) + 1) if n % d == 0)
+    return list(torch.split(samples, size))
 
 
 def _import_quantization() -> Any:
@@ -155,7 +170,7 @@ def qdq_onnx_from_onnx(
     input_name, dims = _graph_input(proto, source)
     static_dims = [d for d in dims[1:] if d is not None]
     sample_shape = static_dims if len(static_dims) == len(dims) - 1 else None
-    batches = as_batches(calibration_data, what="calibration_data", sample_shape=sample_shape)
+    batches = _equal_batches(as_batches(calibration_data, what="calibration_data", sample_shape=sample_shape))
     q = _import_quantization()
 
     class _Reader:  # duck-typed: CalibrationDataReader's __subclasshook__ accepts any get_next()

@@ -1,18 +1,20 @@
 """TensorRT 10 engines from ONNX files, the JSON record beside each engine, checked loading, and a runner.
 
-Only the TensorRT 10 API is used: explicit-batch networks (`create_network(flags)`; flag 0 is explicit
-batch in TensorRT 10), one optimisation profile for the dynamic batch axis, `set_memory_pool_limit`,
-`build_serialized_network`, and at run time `set_input_shape` / `set_tensor_address` /
-`execute_async_v3` on torch CUDA tensors.
+Only the TensorRT 10 API is used, and only the part of it that TensorRT 11 keeps: explicit-batch,
+strongly typed networks (`create_network(1 << STRONGLY_TYPED)`), one optimisation profile for the
+dynamic batch axis, `set_memory_pool_limit`, `build_serialized_network`, and at run time
+`set_input_shape` / `set_tensor_address` / `execute_async_v3` on torch CUDA tensors.
 
-Precisions:
-- "fp32": a weakly typed network with TF32 turned off, so FP32 means FP32 (TensorRT enables TF32 by
+Every precision lives in the ONNX graph's types, and the network is strongly typed, so TensorRT runs
+exactly those types. TensorRT 10.1 deprecated the implicit INT8 calibrators, 10.5 deprecated
+`platform_has_fast_fp16`, 10.12 deprecated weak typing (`BuilderFlag.FP16`/`INT8`), and 11.0 removed
+all of them; strong typing is available from 10.0 and is the only mode in 11.x:
+- "fp32": the FP32 graph, with TF32 turned off so that FP32 means FP32 (TensorRT enables TF32 by
   default, which rounds matmul inputs to 10 mantissa bits).
-- "fp16": a weakly typed network with `BuilderFlag.FP16`; TensorRT picks FP16 or FP32 per layer.
-  (TensorRT 10.12 deprecates the flag in favour of strong typing on an FP16 graph; it still works.)
+- "fp16": an FP16 graph with FP32 inputs and outputs (`fp16_onnx_from_onnx`, made beside the engine
+  from an FP32 graph; the same graph ONNX Runtime runs at FP16).
 - "int8": explicit quantisation. The ONNX graph carries Q/DQ nodes (made by `qdq_onnx_from_onnx`
-  from the caller's calibration data when the graph has none) and is built as a strongly typed
-  network, so no deprecated calibrator or INT8 flag is involved.
+  from the caller's calibration data when the graph has none): no calibrator, no INT8 flag.
 
 `tensorrt` is imported inside functions only (via `_import_tensorrt`), so this module imports, and its
 records can be checked, on machines without TensorRT. Note that the `tensorrt-stubs` package installs
@@ -41,8 +43,8 @@ from hwdsa._io import atomic_path, write_json_atomic
 from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
 from hwdsa.export._data import BatchSource
-from hwdsa.export.onnx import is_qdq_onnx, sha256_file
-from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol, time_callable
+from hwdsa.export.onnx import onnx_precision, sha256_file
+from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol, time_samples
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -316,21 +318,22 @@ def engine_from_onnx(
     """Build a TensorRT engine from an ONNX file and write it, with its record, atomically.
 
     Args:
-        onnx_path: the graph (FP32, or already Q/DQ for INT8).
+        onnx_path: the graph: FP32, or already FP16 (for "fp16") or Q/DQ (for "int8").
         engine_path: where the engine goes; the record goes to `<engine_path>.json`.
         precision: "fp32", "fp16" or "int8" (see the module docstring).
         input_shape: the input's shape, batch first; its batch is the profile's optimum.
         batch_profile: (min, opt, max) batch sizes the engine accepts; default (1, batch, batch).
         workspace_bytes: the builder's workspace memory pool limit.
         calibration_data: for INT8 when the graph has no Q/DQ nodes: real input batches from which
-            `qdq_onnx_from_onnx` makes `<engine stem>.qdq.onnx` beside the engine.
+            `qdq_onnx_from_onnx` makes `<engine stem>.qdq.onnx` beside the engine. (FP16 from an FP32
+            graph needs no data: `<engine stem>.fp16.onnx` is made beside the engine.)
 
     Returns:
         The engine's record (also written to `<engine_path>.json`).
 
     Raises:
-        ConfigError: bad arguments, INT8 without Q/DQ nodes or calibration data, a Q/DQ graph at
-            another precision, or an input shape that does not match the graph.
+        ConfigError: bad arguments, INT8 without Q/DQ nodes or calibration data, a graph whose types
+            belong to another precision, or an input shape that does not match the graph.
         BackendUnavailableError: TensorRT or a CUDA device is missing.
         ExportError: TensorRT cannot parse the graph or build the engine.
     """
@@ -346,28 +349,33 @@ def engine_from_onnx(
     profile_batches = _check_profile(batch_profile if batch_profile is not None else (1, shape[0], shape[0]))
     if not source.is_file():
         raise ConfigError(f"ONNX file {source} does not exist")
-    has_qdq = is_qdq_onnx(source)
-    if precision == "int8" and not has_qdq and calibration_data is None:
+    graph_precision = onnx_precision(source)
+    if precision == "int8" and graph_precision != "int8" and calibration_data is None:
         raise ConfigError(
             f"INT8 needs calibration data: {source} has no Q/DQ nodes, so pass calibration_data= a few hundred "
             "real input samples (or a graph from qdq_onnx_from_onnx)"
         )
-    if precision != "int8" and has_qdq:
+    if graph_precision == "int8" and precision != "int8":
         raise ConfigError(f"{source} has Q/DQ nodes (an INT8 graph); build it with precision='int8'")
+    if graph_precision == "fp16" and precision != "fp16":
+        raise ConfigError(f"{source} is an FP16 graph; build it with precision='fp16', or pass the FP32 graph")
 
     _import_tensorrt()
     import tensorrt as trt
 
     _require_cuda()
-    if precision == "int8" and not has_qdq:
+    if precision == "int8" and graph_precision != "int8":
         from hwdsa.export.quantize import qdq_onnx_from_onnx
 
         source = qdq_onnx_from_onnx(source, target.with_name(f"{target.stem}.qdq.onnx"), calibration_data=calibration_data)
-    strongly_typed = precision == "int8"
+    elif precision == "fp16" and graph_precision != "fp16":
+        from hwdsa.export.quantize import fp16_onnx_from_onnx
+
+        source = fp16_onnx_from_onnx(source, target.with_name(f"{target.stem}.fp16.onnx"))
+    strongly_typed = True  # the precision is the graph's (see the module docstring)
     logger = _trt_logger()
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(os.fspath(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -375,11 +383,7 @@ def engine_from_onnx(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == "fp16":
-        if not builder.platform_has_fast_fp16:
-            _log.warning("this GPU has no fast FP16; the FP16 engine may be no faster than FP32")
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif precision == "fp32":
+    if precision == "fp32":
         config.clear_flag(trt.BuilderFlag.TF32)
 
     profile = builder.create_optimization_profile()
@@ -519,13 +523,16 @@ class TrtRunner:
     def name(self) -> str:
         return self._name
 
-    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Enqueue the engine on named inputs; returns the outputs (CUDA tensors, ready in stream order)."""
+    def bind(self, feeds: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Set the input shapes and bind inputs and fresh outputs to the execution context.
+
+        Returns the outputs by name and the converted inputs, which must outlive every `enqueue()`.
+        """
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise ConfigError(f"missing input(s) {missing}; the engine's inputs are {self.input_names}")
         device = torch.device("cuda", torch.cuda.current_device())
-        keep_alive: list[torch.Tensor] = []  # inputs converted here must outlive the enqueue
+        keep_alive: list[torch.Tensor] = []
         for name in self.input_names:
             tensor = feeds[name].to(device=device, dtype=self._dtypes[name]).contiguous()
             if not self.context.set_input_shape(name, tuple(tensor.shape)):
@@ -543,9 +550,21 @@ class TrtRunner:
             out = torch.empty(shape, dtype=self._dtypes[name], device=device)
             self.context.set_tensor_address(name, out.data_ptr())
             outputs[name] = out
-        stream = torch.cuda.current_stream(device)
+        return outputs, keep_alive
+
+    def enqueue(self) -> None:
+        """Enqueue one execution of the bound tensors on torch's current stream."""
+        stream = torch.cuda.current_stream(torch.device("cuda", torch.cuda.current_device()))
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise ExportError(f"TensorRT execution of {self.name} failed; see the TensorRT messages in the log")
+
+    def infer(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Enqueue the engine on named inputs; returns the outputs (CUDA tensors, ready in stream order)."""
+        outputs, keep_alive = self.bind(feeds)
+        self.enqueue()
+        # The caching allocator reuses freed memory only after the stream's pending work, so dropping
+        # the converted inputs here is safe.
+        del keep_alive
         return outputs
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -557,11 +576,26 @@ class TrtRunner:
 def time_engine(runner: TrtRunner, x: torch.Tensor, protocol: TimingProtocol | None = None) -> Measurement:
     """Latency of one engine execution on a fixed CUDA input, under hwdsa's one timing protocol.
 
-    Each sample is bracketed by `torch.cuda.synchronize()`, so it measures the GPU work, not the launch.
+    The inputs and outputs are bound once, and each sample times `inner` enqueued executions with
+    CUDA events; the profilers' `time_samples` applies the protocol (warm-up, repeats, re-measurement
+    of noisy samples), as `Backend.time_session` does for a device-timed layer in a latency table.
     """
     if len(runner.input_names) != 1:
         raise ConfigError(f"time_engine needs a single-input engine; this one has {runner.input_names}")
-    feeds = {runner.input_names[0]: x.to(device=torch.device("cuda", torch.cuda.current_device()))}
-    runner.infer(feeds)
+    outputs, keep_alive = runner.bind({runner.input_names[0]: x})  # bound once: a timed run is the engine only
+    event: Any = torch.cuda.Event  # untyped in torch's annotations
+    start, end = event(enable_timing=True), event(enable_timing=True)
+
+    def device_sample(inner: int) -> float:
+        start.record()
+        for _ in range(inner):
+            runner.enqueue()
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end)) / inner
+
+    runner.enqueue()  # one run outside the protocol: fails early, loads the kernels
     torch.cuda.synchronize()
-    return time_callable(lambda: runner.infer(feeds), protocol, synchronize=torch.cuda.synchronize)
+    measured: Measurement = time_samples(device_sample, protocol)
+    del outputs, keep_alive
+    return measured

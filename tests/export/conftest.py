@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,3 +57,36 @@ def digits_net(digits: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
         accuracy = (net(images[1400:]).argmax(1) == labels[1400:]).float().mean().item()
     assert accuracy > 0.85, f"the fixture network did not learn the digits (held-out accuracy {accuracy:.2f})"
     return net
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `hwdsa prune` output folder: small_cnn on digits under a latency budget priced by a real table.
+
+    The table is measured here with the profilers' ONNX Runtime backend (one thread, a 2-point grid, a
+    short protocol), then `hwdsa prune --latency 0.7 --latency-table ...` runs one epoch of each phase.
+    """
+    from hwdsa.cli import main
+    from hwdsa.graph import trace_channel_graph
+    from hwdsa.lut.grid import GridConfig, grid_specs
+    from hwdsa.models import create_model
+    from hwdsa.profilers import TimingProtocol, get_backend, profile_specs
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    graph = trace_channel_graph(create_model("small_cnn", num_classes=10, in_channels=1), (1, 28, 28))
+    table = root / "ort-cpu-1thread.csv"
+    profile_specs(
+        grid_specs(graph, config=GridConfig("cpu", cpu_points=2, multiple=4)),
+        get_backend("onnxruntime", num_threads=1),
+        TimingProtocol(warmup=1, repeats=3, max_attempts=1),
+        out_path=table,
+    )
+    run = root / "run"
+    argv = [
+        "-q", "prune", "--model", "small_cnn", "--data", "digits", "--subset-per-class", "20",
+        "--latency", "0.7", "--latency-table", str(table),
+        "--pretrain-epochs", "1", "--search-epochs", "1", "--finetune-epochs", "1", "--out", str(run),
+    ]
+    assert main(argv) == 0
+    assert (run / "pruned.pt").is_file() and (run / "report.json").is_file()
+    return run

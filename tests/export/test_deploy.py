@@ -38,7 +38,10 @@ def test_fp32_onnx_and_onnxruntime(digits_net: nn.Module, digits: tuple[torch.Te
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "report.json"]
     assert read_deployment_reports(tmp_path / "out" / "report.json") == reports
     payload = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert payload["schema_version"] == 1 and payload["reports"][1]["measured_latency_ms"] == ort_report.measured.median_ms
+    assert payload["schema_version"] == 2 and payload["reports"][1]["measured_latency_ms"] == ort_report.measured.median_ms
+    # Timed by the profilers' ONNX Runtime backend (the one latency tables are made with), under the protocol given.
+    assert ort_report.timing_backend == "onnxruntime" or torch.cuda.is_available()
+    assert ort_report.device and payload["timing_protocol"]["repeats"] == 5 and "latency_targets" not in payload
 
 
 def test_latency_targets_give_ratios(digits_net: nn.Module, tmp_path: Path) -> None:
@@ -95,9 +98,109 @@ def test_bad_requests_are_config_errors(kwargs: dict[str, object], match: str, t
     arguments: dict[str, object] = {"formats": ("onnx",), "input_shape": SHAPE, **kwargs}
     with pytest.raises(ConfigError, match=match):
         export_model(ConvBnRelu(), tmp_path / "out", **arguments)  # type: ignore[arg-type]
-    assert not (tmp_path / "out" / "report.json").exists()
+    assert not (tmp_path / "out").exists()  # refused before any folder or file is made
 
 
 def test_non_module_is_an_export_error(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="cannot export str: export_model needs a torch.nn.Module"):
         export_model("resnet18", tmp_path, formats=("onnx",), input_shape=SHAPE)  # type: ignore[arg-type]
+
+
+class _SignBranch(nn.Module):
+    """Data-dependent control flow: the ONNX trace keeps one branch, so the export computes something else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        return y if float(x.mean()) > 0 else -y
+
+
+def test_an_artefact_that_differs_from_pytorch_is_a_clear_failure_and_no_report(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.json").write_text('{"stale": true}')  # from an earlier export: must not survive a failed one
+    torch.manual_seed(0)
+    batches = [torch.ones(2, 4), -torch.ones(2, 4)]  # one of them takes the branch the trace did not keep
+    with pytest.warns(torch.jit.TracerWarning), pytest.raises(
+        ExportError, match=r"onnxruntime\[CPUExecutionProvider\] \(fp32\) vs PyTorch on 4 samples: .*errors exceed .*"
+        r"The artefact does not compute what the model computes"
+    ):
+        export_model(_SignBranch(), out, formats=("onnxruntime",), input_shape=(2, 4), verify_batches=batches, protocol=FAST)
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]  # complete, and no report claiming success
+
+
+def test_skip_unavailable_reports_the_reason(digits_net: nn.Module, tmp_path: Path) -> None:
+    if tensorrt_is_available():
+        pytest.skip("TensorRT is usable here")
+    onnx_report, trt_report = export_model(
+        digits_net, tmp_path, formats=("onnx", "tensorrt"), input_shape=SHAPE, protocol=FAST, skip_unavailable=True
+    )
+    assert not onnx_report.is_skipped and trt_report.is_skipped and trt_report.backend == "tensorrt"
+    assert trt_report.skipped_reason is not None and "TensorRT is not installed" in trt_report.skipped_reason
+    assert read_deployment_reports(tmp_path / "report.json")[1] == trt_report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "report.json"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+def test_a_provider_that_cannot_run_here_fails_before_any_file(digits_net: nn.Module, tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailableError, match=r"cannot export to onnxruntime: ONNX Runtime provider\(s\) \['CUDAExecutionProvider'\] cannot run here"):
+        export_model(digits_net, tmp_path / "out", formats=("onnxruntime",), input_shape=SHAPE, providers=["CUDAExecutionProvider"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unexportable_model_leaves_no_file(tmp_path: Path) -> None:
+    class Unexportable(nn.Module):
+        """adaptive_avg_pool2d to a size that does not divide the input: the ONNX exporter refuses it."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.adaptive_avg_pool2d(x, 2)
+
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"cannot export Unexportable to ONNX \(opset 17\)"):
+        export_model(Unexportable(), out, formats=("onnx", "onnxruntime"), input_shape=(1, 3, 7, 7))
+    assert list(out.iterdir()) == []
+
+
+def test_int8_without_calibration_data_leaves_no_folder(digits_net: nn.Module, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"INT8 needs calibration data: pass calibration_data= a few hundred real input samples"):
+        export_model(digits_net, tmp_path / "out", formats=("onnx",), precision="int8", input_shape=SHAPE)
+    assert not (tmp_path / "out").exists()
+
+
+def test_latency_targets_reach_the_matching_artefact(digits_net: nn.Module, tmp_path: Path) -> None:
+    from hwdsa.export.targets import Conditions, LatencyTargets
+    from hwdsa.profilers import get_backend
+
+    here = Conditions("onnxruntime", get_backend("onnxruntime").device_description(), "fp32", 1)
+    targets = LatencyTargets(predicted_latency_ms=0.5, prediction_conditions=here, budget_latency_ms=1.0, budget_conditions=here)
+    (report,) = export_model(digits_net, tmp_path, formats=("onnxruntime",), input_shape=SHAPE, protocol=FAST,
+                             providers=["CPUExecutionProvider"], latency_targets=targets)
+    assert (report.predicted_latency_ms, report.budget_latency_ms) == (0.5, 1.0)
+    assert report.measured is not None and report.ratio_to_prediction == pytest.approx(report.measured.median_ms / 0.5)
+    payload = json.loads((tmp_path / "report.json").read_text())
+    assert payload["latency_targets"]["prediction_conditions"]["backend"] == "onnxruntime"
+    (batch4,) = export_model(digits_net, tmp_path, formats=("onnxruntime",), input_shape=(4, 1, 28, 28), protocol=FAST,
+                             providers=["CPUExecutionProvider"], latency_targets=targets)
+    assert batch4.predicted_latency_ms is None and "batch_size (1 vs 4)" in str(batch4.prediction_note)
+
+
+@pytest.mark.skipif(not tensorrt_is_available(), reason="needs TensorRT >= 10 and a CUDA device")
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engines_are_built_verified_and_timed(
+    precision: str, digits_net: nn.Module, digits: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    images, _ = digits
+    (report,) = export_model(
+        digits_net, tmp_path, formats=("tensorrt",), precision=precision, input_shape=(4, 1, 28, 28), protocol=FAST,
+        calibration_data=images[:256], verify_batches=list(torch.split(images[1400:], 100)),
+    )
+    assert report.timing_backend == "tensorrt" and report.device and report.measured is not None
+    assert report.comparison is not None and report.comparison.passed
+    names = {p.name for p in tmp_path.iterdir()}
+    assert {f"model.{precision}.engine", f"model.{precision}.engine.json", "model.onnx", "report.json"} <= names
+    assert not any(name.endswith(".tmp") for name in names)

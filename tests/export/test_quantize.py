@@ -116,3 +116,24 @@ def test_fp16_graph_keeps_fp32_io_and_matches(digits_onnx: Path, digits_net: nn.
     runner = OrtRunner(session_from_onnx(half, providers=["CPUExecutionProvider"]))
     report = compare_outputs(digits_net, runner, [images[1400:1500]], precision="fp16")
     assert report.passed and report.max_abs_error > 0
+
+
+def test_percentile_calibration_takes_any_sample_count(
+    digits_onnx: Path, digits_net: nn.Module, digits: tuple[torch.Tensor, torch.Tensor], tmp_path: Path
+) -> None:
+    """ONNX Runtime's histogram calibrators fail on batches of unequal size; 250 samples (7 x 32 + 26) and
+    uneven batches are regrouped, and no sample is dropped."""
+    images, _ = digits
+    for i, data in enumerate([images[:250], [images[:100], images[100:130], images[130:131]]]):
+        out = qdq_onnx_from_onnx(digits_onnx, tmp_path / f"p{i}.onnx", calibration_data=data)
+        runner = OrtRunner(session_from_onnx(out, providers=["CPUExecutionProvider"], optimize=False))
+        report = compare_outputs(digits_net, runner, [images[1400:1600]], precision="int8")
+        assert report.passed and report.top1_agreement is not None and report.top1_agreement >= 0.95
+    assert [p.name for p in sorted(tmp_path.iterdir())] == ["p0.onnx", "p1.onnx"]
+
+
+def test_graph_precision_is_read_from_its_types(digits_onnx: Path, qdq_onnx: Path, tmp_path: Path) -> None:
+    from hwdsa.export.onnx import onnx_precision
+
+    half = fp16_onnx_from_onnx(digits_onnx, tmp_path / "h.onnx")
+    assert [onnx_precision(p) for p in (digits_onnx, half, qdq_onnx)] == ["fp32", "fp16", "int8"]

@@ -349,7 +349,10 @@ def test_engine_builds_runs_with_dynamic_batch_and_matches(
     engine = tmp_path / f"m.{precision}.engine"
     record = engine_from_onnx(digits_onnx, engine, precision=precision, input_shape=(4, 1, 28, 28), batch_profile=(1, 4, 64))
     assert record == read_engine_record(engine)
-    assert record.precision == precision and record.inputs[0].shape == (-1, 1, 28, 28)
+    assert record.precision == precision and record.inputs[0].shape == (-1, 1, 28, 28) and record.inputs[0].dtype == "FLOAT"
+    # Strongly typed (the only mode TensorRT 11 keeps): FP16 is built from an FP16 graph made beside the engine.
+    assert record.strongly_typed
+    assert Path(record.onnx_path) == (tmp_path / "m.fp16.fp16.onnx" if precision == "fp16" else digits_onnx)
     assert record.profile[0].max == (64, 1, 28, 28) and record.engine_sha256 == hashlib.sha256(engine.read_bytes()).hexdigest()
     runner = TrtRunner.from_file(engine)
     assert runner(images[:1].cuda()).shape == (1, 10) and runner(images[:4]).is_cuda
@@ -390,3 +393,14 @@ def test_engine_from_file_refuses_a_corrupted_engine(digits_onnx: Path, tmp_path
     engine.write_bytes(bytes(data))
     with pytest.raises(EngineMismatchError, match="corrupted or was replaced"):
         engine_from_file(engine)
+
+
+def test_a_graph_of_another_precision_is_refused_before_tensorrt_is_needed(small_onnx: Path, tmp_path: Path) -> None:
+    """Engines are strongly typed: the graph's types are the engine's precision, so they must agree."""
+    from hwdsa.export.quantize import fp16_onnx_from_onnx
+
+    half = fp16_onnx_from_onnx(small_onnx, tmp_path / "h.onnx")
+    for precision in ("fp32", "int8"):
+        with pytest.raises(ConfigError, match=r"h.onnx is an FP16 graph; build it with precision='fp16', or pass the FP32 graph"):
+            engine_from_onnx(half, tmp_path / "m.engine", precision=precision, input_shape=(1, 1, 28, 28), calibration_data=torch.zeros(2, 1, 28, 28))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx"]

@@ -1,5 +1,7 @@
 """Latency lookup tables and the cost model built on them: table → grid → fit → LatencyCost → rounding.
 
+`hwdsa.lut.network` ties them to whole models: profile a model's grid, calibrate against pruned copies.
+
 Names are imported lazily, so reading or merging a table (pandas) does not import torch or scikit-learn.
 """
 
@@ -18,6 +20,10 @@ if TYPE_CHECKING:
     from hwdsa.lut.grid import GridPlan as GridPlan
     from hwdsa.lut.grid import grid_specs as grid_specs
     from hwdsa.lut.grid import plan_grid as plan_grid
+    from hwdsa.lut.network import calibrate_table as calibrate_table
+    from hwdsa.lut.network import latency_table_for as latency_table_for
+    from hwdsa.lut.network import profile_network as profile_network
+    from hwdsa.lut.rounding import round_for_budgets as round_for_budgets
     from hwdsa.lut.rounding import round_to_latency_optimal as round_to_latency_optimal
     from hwdsa.lut.table import LatencyTable as LatencyTable
     from hwdsa.lut.table import TableMeta as TableMeta
@@ -39,6 +45,10 @@ _LAZY: dict[str, str] = {
     "attach_calibration": "hwdsa.lut.calibrate",
     "calibrations": "hwdsa.lut.calibrate",
     "round_to_latency_optimal": "hwdsa.lut.rounding",
+    "round_for_budgets": "hwdsa.lut.rounding",
+    "profile_network": "hwdsa.lut.network",
+    "calibrate_table": "hwdsa.lut.network",
+    "latency_table_for": "hwdsa.lut.network",
 }
 
 __all__ = sorted(_LAZY)

@@ -182,7 +182,7 @@ class LatencyCost:
         graph: ChannelGraph,
         *,
         grid: GridConfig | None = None,
-        interpolation: Interpolation = "linear",
+        interpolation: Interpolation | None = None,
         monotone: Monotone = "cummax",
         calibration: str | Calibration | None = "auto",
         default_std: float | Sequence[float] = DEFAULT_STD,
@@ -195,8 +195,10 @@ class LatencyCost:
             table: measured per-layer latencies (its batch size and precision are the network's).
             graph: the traced channel structure.
             grid: require exactly this grid's points in the table; None uses every point the table has.
-            interpolation: ``"linear"`` (bilinear between grid points) or ``"ceil"`` (the next point up:
-                a tile staircase).
+            interpolation: ``"linear"`` (bilinear between grid points), ``"ceil"`` (the next point up:
+                a tile staircase) or ``"ceil:N"`` (counts padded up to a multiple of N, then linear; see
+                `hwdsa.lut.fit.interp_weights`). None: the table's own (`"interpolation"` in its
+                metadata, set by `hwdsa fit --interpolation`; its calibrations were fitted with it), else linear.
             monotone: how the budget surface is made non-decreasing: ``"cummax"`` (running maximum:
                 never under-prices) or ``"isotonic"`` (scikit-learn isotonic regression weighted by
                 1/IQR², then the running maximum: averages noise instead of keeping its peaks).
@@ -209,6 +211,14 @@ class LatencyCost:
             TableError: the table lacks entries the network needs, or the named calibration is for
                 another network or absent.
         """
+        own = str(table.meta.extra.get("interpolation", "linear"))
+        if interpolation is None:
+            interpolation = own
+        elif interpolation != own and calibration == "auto" and table.meta.calibration:
+            _log.warning(
+                "pricing with interpolation %r, but the table's calibrations were fitted with %r: refit them "
+                "(`hwdsa fit --interpolation %s`) or pass calibration=None", interpolation, own, interpolation,
+            )  # fmt: skip
         layers = fit_layers(
             table,
             graph,

@@ -12,6 +12,9 @@ import logging
 import math
 from collections.abc import Sequence
 
+from torch import Tensor
+
+from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.lut.cost_model import LatencyCost
 
@@ -57,6 +60,10 @@ def round_to_latency_optimal(
     3. Grow: repeatedly raise a group from "down" to "up", choosing among the moves that keep the
        budget the one with the least latency added per channel gained (a move that costs nothing or
        saves latency, a staircase tread or a faster aligned width, goes first). Stop when no move fits.
+    4. Fill (only with `multiple`, whose steps are finer than the table's): a group may keep growing,
+       one step or straight to the table's next measured count at or above x_g (never beyond it),
+       cheapest latency per channel first, while the budget holds. Where the table prices counts as a
+       staircase (``"ceil"`` interpolation), the channels up to the next tread cost nothing.
 
     The result keeps the budget by construction and, among the neighbours, prefers counts the device
     runs fastest per channel kept: the channel count is the accuracy proxy. On a coarse (CPU) grid
@@ -137,8 +144,61 @@ def round_to_latency_optimal(
             break
         _, g, up, latency = best
         current[g] = up
+
+    # 4. Fill: finer steps than the table's, up to the table's next measured count above the search's.
+    if multiple is not None:
+        ceilings = []
+        for g, x in enumerate(channels):
+            table_steps = sorted(set(cost.step_points(g)) | {sizes[g]})
+            ceilings.append(next(p for p in table_steps if p >= float(x) - 1e-9))
+        while True:
+            best = None
+            for g, c in enumerate(current):
+                targets = {p for p in steps[g] if c < p <= ceilings[g]}
+                if not targets:
+                    continue
+                for t in {min(targets), max(targets)}:
+                    trial = current.copy()
+                    trial[g] = t
+                    lat = cost.exact(trial)
+                    if lat > limit:
+                        continue
+                    price = (lat - latency) / (t - c)
+                    if best is None or price < best[0]:
+                        best = (price, g, t, lat)
+            if best is None:
+                break
+            _, g, up, latency = best
+            current[g] = up
     _log.info("latency-optimal rounding: %.4g ms for a budget of %.4g ms", latency, limit)
     return tuple(current)
 
 
-__all__ = ["round_to_latency_optimal"]
+#: Backends whose latency is a staircase in the channel count: rounding goes to the table's step points.
+STEPPED_BACKENDS = frozenset({"torch_cuda", "tensorrt", "onnxruntime_cuda", "onnxruntime_tensorrt"})
+
+
+def round_for_budgets(
+    ratios: Tensor, budgets: Sequence[Budget], group_sizes: Sequence[int], *, multiple: int | None = None
+) -> list[int]:
+    """Integer channel counts for searched keep ratios: latency-optimal when the one budget is a latency budget.
+
+    With a single `LatencyCost` budget the counts come from `round_to_latency_optimal`, which fills the
+    budget as closely as the table allows: to the table's step points on GPU backends (a staircase),
+    else to whole channels (or multiples of `multiple`). Any other combination of budgets goes through
+    `hwdsa.dsa.search.channels_within_budgets`, which meets every budget.
+    """
+    if len(budgets) != 1 or not isinstance(budgets[0].cost, LatencyCost):
+        from hwdsa.dsa.search import channels_within_budgets
+
+        return channels_within_budgets(ratios, budgets, group_sizes, multiple=multiple)
+    cost = budgets[0].cost
+    sizes = [int(c) for c in group_sizes]
+    r = ratios.detach().double().cpu().tolist()
+    counts = [min(float(c), max(1.0, float(x) * c)) for x, c in zip(r, sizes)]
+    stepped = cost.meta is not None and cost.meta.backend in STEPPED_BACKENDS
+    step = multiple if multiple is not None else (None if stepped else 1)
+    return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step))
+
+
+__all__ = ["STEPPED_BACKENDS", "round_for_budgets", "round_to_latency_optimal"]

@@ -188,6 +188,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# The host CLI (`hwdsa profile`, `hwdsa fit`) takes the same backend and timing flags as the agent.
+add_backend_arguments = _backend_args
+add_protocol_arguments = _protocol_args
+protocol_from_args = _protocol
+backend_options_from_args = _backend_options
+
 _COMMANDS = {"list-backends": _cmd_list, "run": _cmd_run, "bundle": _cmd_bundle, "profile": _cmd_profile}
 
 

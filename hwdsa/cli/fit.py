@@ -1,15 +1,121 @@
-"""`hwdsa fit`: not available yet (its issue has not landed)."""
+"""`hwdsa fit`: fit a model's latency cost to a table and calibrate it against end-to-end timings.
+
+The per-layer sum misses launch overhead, fusion and the operators the table does not hold, so a
+handful of randomly pruned copies of the model are timed whole on the table's own backend (on this
+machine, which must be the table's device) and ``latency ≈ scale · layer sum + offset`` is fitted.
+The calibration is stored in the table's header, so `hwdsa prune --latency-table` picks it up.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from hwdsa.errors import HwdsaError
+from hwdsa.errors import ConfigError, TableError
+
+if TYPE_CHECKING:
+    from hwdsa.profilers.backend import Backend
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    from hwdsa.cli.profile import add_model_arguments
+    from hwdsa.profilers.__main__ import add_protocol_arguments
+
+    p.add_argument("table", help="latency table (.csv from `hwdsa profile`)")
+    add_model_arguments(p)
+    p.add_argument("--name", help="name the calibration is stored under (default: the model's)")
+    p.add_argument("--networks", type=int, default=8, help="networks timed end to end: the dense one and N-1 random prunings (default 8)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per network; the median is kept (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prunings")
+    p.add_argument(
+        "--interpolation", default=None,
+        help="how counts between grid points are priced: linear, ceil, or ceil:N (padded to multiples of N, e.g. "
+        "ceil:16 for ONNX Runtime's NCHWc kernels on AVX-512); stored with the table (default: the table's, else linear)",
+    )  # fmt: skip
+    p.add_argument("--method", default="huber", choices=["huber", "linear"], help="regression of the calibration (default huber)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the ones the table was measured with)")
+    p.add_argument("--device", type=int, default=None, help="GPU index (CUDA backends)")
+    p.add_argument(
+        "--backend-option", action="append", default=[], metavar="KEY=VALUE",
+        help="another backend option (default: the table's), VALUE as JSON; repeatable",
+    )  # fmt: skip
+    p.add_argument("--out", help="where to write the calibrated table (default: overwrite TABLE)")
+    p.add_argument("--no-calibrate", action="store_true", help="only check that the table prices the model (no timing)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_protocol_arguments(p)
+
+
+def backend_for_table(meta: Any, args: argparse.Namespace) -> Backend:
+    """The table's backend with the options it was measured with, overridden by the flags given."""
+    from hwdsa.profilers.__main__ import backend_options_from_args
+    from hwdsa.profilers.backend import get_backend
+
+    recorded = dict(meta.extra.get("backend_options", {}))
+    options: dict[str, Any] = {k: v for k, v in recorded.items() if k not in ("provider",)}
+    if options.get("num_threads") == 0:
+        options.pop("num_threads")  # 0 records "the library's default"
+    options.update(backend_options_from_args(args))
+    backend = get_backend(meta.backend, **options)
+    here = backend.device_description()
+    if here != meta.device:
+        raise TableError(
+            f"the table was measured on {meta.device!r} but this machine is {here!r}: calibrate it on that device "
+            "(timings from another one would be meaningless), or profile this one with `hwdsa profile`"
+        )
+    return backend
 
 
 def run(args: argparse.Namespace) -> int:
-    raise HwdsaError("'hwdsa fit' is not implemented yet in this version; see the issue tracker")
+    from hwdsa.cli.profile import build_model
+    from hwdsa.graph import trace_channel_graph
+    from hwdsa.lut.cost_model import LatencyCost
+    from hwdsa.lut.grid import paddings_from_model
+    from hwdsa.lut.network import calibrate_table
+    from hwdsa.lut.table import LatencyTable
+    from hwdsa.profilers.__main__ import protocol_from_args
+
+    table = LatencyTable.read(args.table)
+    model, shape = build_model(args)
+    graph = trace_channel_graph(model, shape)
+    cost = LatencyCost.fit(  # refuses a table that lacks the model's entries
+        table, graph, calibration=None, paddings=paddings_from_model(model), interpolation=args.interpolation
+    )
+    summary: dict[str, Any] = {
+        "table": args.table,
+        "model": args.model,
+        "layers": len(cost.layers),
+        "groups": len(cost.group_sizes),
+        "dense_layer_sum_ms": cost.dense,
+    }
+    if not args.no_calibrate:
+        if args.networks < 3:
+            raise ConfigError(f"--networks must be >= 3 (a scale and an offset are fitted); got {args.networks}")
+        backend = backend_for_table(table.meta, args)
+        table, cal = calibrate_table(
+            table, model, shape, backend, name=args.name or args.model, networks=args.networks, seed=args.seed,
+            protocol=protocol_from_args(args), rounds=args.rounds, method=args.method, interpolation=args.interpolation,
+        )  # fmt: skip
+        out = Path(args.out or args.table)
+        table.write(out)
+        summary.update(
+            calibration=args.name or args.model,
+            scale=cal.scale,
+            offset_ms=cal.offset_ms,
+            rmse_ms=cal.rmse_ms,
+            max_rel_error=cal.max_rel_error,
+            dense_ms=cal.apply(cost.dense),
+            written=str(out),
+        )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{args.model}: {summary['layers']} layers, {summary['groups']} channel groups priced by {args.table}; dense layer sum {cost.dense:.4g} ms")
+    if not args.no_calibrate:
+        print(
+            f"calibration {summary['calibration']!r}: latency ≈ {summary['scale']:.4g} · layer sum + {summary['offset_ms']:.4g} ms "
+            f"over {args.networks} networks (rmse {summary['rmse_ms']:.3g} ms, max error {100 * summary['max_rel_error']:.1f}%); "
+            f"dense {summary['dense_ms']:.4g} ms; written to {summary['written']}"
+        )
+    return 0

@@ -122,3 +122,23 @@ class TestFitLayers:
         )  # fmt: skip
         assert len(fit_layers(table, graph)) == 4
         assert all(fl.grid.base.batch_size == 4 for fl in fit_layers(other, graph))
+
+
+class TestBlockInterpolation:
+    def test_counts_are_padded_to_the_block_then_interpolated(self) -> None:
+        from hwdsa.lut.fit import interp_at, interp_weights
+
+        w = interp_weights([1, 8, 16, 32], 1, 32, "ceil:16")
+        assert np.allclose(w.sum(axis=1), 1.0)
+        assert interp_at([1, 8, 16, 32], 9, "ceil:16") == ((2, 1.0),)  # 9 is priced as 16, not between 8 and 16
+        assert interp_at([1, 8, 16, 32], 17, "ceil:16") == ((3, 1.0),)
+        assert interp_at([1, 64, 128], 65, "ceil:16") == ((1, 0.75), (2, 0.25))  # 80: linear between 64 and 128
+        assert interp_at([1, 2, 3], 3, "ceil:16") == ((2, 1.0),)  # never beyond the last point
+
+    def test_bad_names_are_refused(self) -> None:
+        from hwdsa.lut.fit import parse_interpolation
+
+        assert parse_interpolation("ceil:8") == ("align", 8)
+        for bad in ("cubic", "ceil:0", "ceil:x", "ceil:"):
+            with pytest.raises(TableError, match="'linear', 'ceil' or 'ceil:N'"):
+                parse_interpolation(bad)

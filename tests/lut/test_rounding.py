@@ -82,3 +82,36 @@ def test_infeasible_and_bad_input() -> None:
         round_to_latency_optimal([10.0, 70.0], cost, 1.0)
     with pytest.raises(ConfigError, match="multiple must be >= 1"):
         round_to_latency_optimal([10.0, 10.0], cost, 1.0, multiple=0)
+
+
+def test_round_for_budgets_fills_a_latency_budget_and_defers_other_budgets() -> None:
+    import torch
+
+    from hwdsa.costs import Budget, FlopsCost
+    from hwdsa.dsa.search import channels_within_budgets
+    from hwdsa.lut.rounding import round_for_budgets
+
+    cost = _two_layer_cost()
+    budget = Budget.fraction_of_dense(cost, 0.5)
+    ratios = torch.tensor([0.55, 0.45])
+    counts = round_for_budgets(ratios, [budget], cost.group_sizes)
+    assert cost.exact(counts) <= budget.limit
+    # whole channels on a non-GPU table: the latency-optimal rule, not the FLOPs-style walk
+    assert counts == list(round_to_latency_optimal([0.55 * 64, 0.45 * 64], cost, budget.limit, multiple=1))
+    flops = Budget.fraction_of_dense(FlopsCost(graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])), 0.5)
+    both = round_for_budgets(ratios, [budget, flops], cost.group_sizes)
+    assert both == channels_within_budgets(ratios, [budget, flops], cost.group_sizes)
+
+
+def test_fill_takes_the_free_channels_of_a_staircase_up_to_the_next_measured_count() -> None:
+    graph = graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])
+    table = synthetic_table(graph, _tile_latency, config=GridConfig("gpu"))  # every multiple of 8 measured
+    cost = LatencyCost.fit(table, graph, interpolation="ceil")  # 17..24 cost what 24 costs
+    searched = [17.2, 30.5]
+    limit = cost.exact([24, 32])
+    counts = round_to_latency_optimal(searched, cost, limit, multiple=1)
+    assert counts == (24, 32)  # whole channels, filled to the treads the budget already pays for
+    assert cost.exact(counts) <= limit
+    tight = cost.exact([17, 31]) - 1e-9  # below the price of the treads: fill must not break the budget
+    small = round_to_latency_optimal(searched, cost, tight, multiple=1)
+    assert cost.exact(small) <= tight and all(k <= c for k, c in zip(small, (24, 32)))

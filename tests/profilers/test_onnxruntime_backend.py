@@ -62,3 +62,11 @@ def test_gpu_providers(name: str) -> None:
     be = get_backend(name)
     check_measurement(be.measure(conv(8, 16), LIGHT))
     assert "compute capability" in be.device_description()
+
+
+def test_graph_optimization_level_is_an_option_of_the_table_identity() -> None:
+    be = get_backend("onnxruntime", num_threads=1, graph_optimization_level="extended")
+    assert be.options() == {"provider": "CPUExecutionProvider", "num_threads": 1, "graph_optimization_level": "extended"}
+    check_measurement(be.measure(conv(16, 16), LIGHT))
+    with pytest.raises(ConfigError, match="graph_optimization_level must be one of"):
+        get_backend("onnxruntime", graph_optimization_level="max")

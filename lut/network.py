@@ -1,0 +1,295 @@
+"""Whole networks against a latency table: profile a model's grid, time pruned copies, calibrate.
+
+This is the glue the `hwdsa profile` / `hwdsa fit` verbs and `hwdsa prune --latency` share: the grid
+of a traced model goes to a profiler backend (resumably), randomly pruned copies of the model are
+timed end to end on the same backend, and the fitted calibration is stored with the table.
+
+Example:
+    >>> from hwdsa.lut.network import calibrate_table, profile_network  # doctest: +SKIP
+    >>> table = profile_network(model, (3, 32, 32), "onnxruntime", "cpu.csv", num_threads=1)  # doctest: +SKIP
+    >>> table, cal = calibrate_table(table, model, (3, 32, 32), "onnxruntime", name="resnet20", num_threads=1)  # doctest: +SKIP
+    >>> table.write("cpu.csv")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdsa.errors import ConfigError, TableError
+from hwdsa.graph import ChannelGraph, trace_channel_graph
+from hwdsa.lut.calibrate import Calibration, CalibrationMethod, attach_calibration, fit_calibration
+from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.fit import parse_interpolation
+from hwdsa.lut.grid import GridConfig, paddings_from_model, plan_grid
+from hwdsa.lut.table import LatencyTable
+from hwdsa.profilers.backend import Backend, OnnxBackend, resolve_backend
+from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.runner import profile_specs
+
+_log = logging.getLogger(__name__)
+
+#: The smallest keep ratio of a randomly pruned network's groups (see `random_channels`).
+MIN_KEEP_RATIO = 0.1
+
+
+def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 3 or any(s < 1 for s in shape):
+        raise ConfigError(f"input_shape must be (C, H, W) with positive sizes, e.g. (3, 32, 32); got {tuple(input_shape)}")
+    return shape
+
+
+def profile_network(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    backend: Backend | str,
+    out_path: str | os.PathLike[str],
+    *,
+    grid: GridConfig | None = None,
+    protocol: TimingProtocol | None = None,
+    batch_size: int = 1,
+    precision: str = "fp32",
+    resume: bool = True,
+    network_name: str | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    **backend_options: Any,
+) -> LatencyTable:
+    """Measure every grid point of `model`'s conv/linear layers (pruned and fixed) into a table.
+
+    Layers whose channels pruning cannot change get one point, measured once; layers that share a
+    shape share entries. Resumable like `hwdsa.profilers.profile_specs`, whose progress bar shows an
+    ETA. The table's metadata records the networks it covers (`"networks"`), so extending one file
+    with a second model keeps the first one's entries and name.
+
+    Args:
+        model: the dense network (only traced; its weights do not matter).
+        input_shape: (C, H, W) of one input.
+        backend: a Backend, or a registered name (`backend_options` go to its constructor).
+        out_path: the table file to write (extended when it already holds a compatible table).
+        grid: how densely each channel axis is sampled (default: `GridConfig()`).
+        protocol: timing protocol (default `TimingProtocol()`).
+        batch_size, precision: of the layers as deployed.
+        resume: reuse entries of an interrupted run or an existing table (False starts over).
+        network_name: recorded in the table's metadata (default: the model's class name).
+        extra_meta: more header metadata (e.g. a note on the machine's load).
+
+    Raises:
+        ConfigError: a bad input shape, or the backend cannot run `precision`.
+        TableError: `out_path` holds a table measured under other conditions (and `resume` is True).
+    """
+    shape = _check_shape(input_shape)
+    graph = trace_channel_graph(model, shape)
+    cfg = grid or GridConfig()
+    plan = plan_grid(graph, batch_size=batch_size, precision=precision, config=cfg, paddings=paddings_from_model(model))
+    be = resolve_backend(backend, **backend_options)
+    name = network_name or type(model).__name__
+    out = Path(out_path)
+    networks: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    if resume and out.is_file():
+        try:
+            old = LatencyTable.read(out)
+        except TableError:  # profile_specs reports an unreadable table with the right advice
+            pass
+        else:
+            networks = dict(old.meta.extra.get("networks", {}))
+            if old.meta.calibration:  # extending a table keeps its measurements, so its calibrations stay valid
+                meta["calibration"] = dict(old.meta.calibration)
+            if "interpolation" in old.meta.extra:  # ... and so does the pricing they were fitted under
+                meta["interpolation"] = old.meta.extra["interpolation"]
+    networks[name] = {"input_shape": list(shape), "grid": {k: getattr(cfg, k) for k in ("mode", "multiple", "max_points", "cpu_points")}}
+    meta.update(networks=networks, **(extra_meta or {}))
+    specs = plan.specs()
+    _log.info("profiling %s: %d layers, %d distinct layer configurations on %s", name, len(plan.layers), len(specs), be.name)
+    profile_specs(specs, be, protocol, out_path=out, resume=resume, extra_meta=meta)
+    return LatencyTable.read(out)
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with BatchNorms folded into the convolutions before them.
+
+    The table prices each convolution with its BatchNorm folded (as a deployed engine runs it), so
+    the end-to-end time it is compared with must fold them too; ONNX export folds them by itself.
+    Falls back to the unfolded copy when `torch.fx` cannot trace the model.
+    """
+    net = copy.deepcopy(model).cpu().eval()
+    try:
+        from torch.fx.experimental.optimization import fuse
+
+        fused: nn.Module = fuse(net)
+        return fused.eval()
+    except Exception as exc:  # fx tracing fails on data-dependent control flow: time the model as it is
+        _log.info("cannot fold BatchNorms of %s for timing (%s); timing it unfolded", type(model).__name__, exc)
+        return net
+
+
+def random_channels(graph: ChannelGraph, rng: random.Random, *, low: float = MIN_KEEP_RATIO) -> list[int]:
+    """Channel counts of a randomly pruned network, at a random overall width.
+
+    A network-wide level is drawn from U(low, 1), and each group keeps level·U(0.6, 1.4) of its
+    channels (clipped to [low, 1], at least one channel). Independent per-group ratios would put every
+    network near the same total size (their mean), so a calibration fitted on them would extrapolate
+    to the small networks a 30% budget asks for; drawing the level first spreads the networks from
+    heavily pruned to dense, while the per-group spread keeps the allocations uneven.
+    """
+    if not 0 < low <= 1:
+        raise ConfigError(f"low must lie in (0, 1]; got {low}")
+    level = rng.uniform(low, 1.0)
+    ratios = [min(1.0, max(low, level * rng.uniform(0.6, 1.4))) for _ in graph.group_sizes]
+    return [max(1, min(c, round(r * c))) for r, c in zip(ratios, graph.group_sizes)]
+
+
+def pruned_network(model: nn.Module, graph: ChannelGraph, channels: Sequence[int]) -> nn.Module:
+    """A copy of `model` with `channels[g]` channels kept in group g (latency does not depend on which)."""
+    from hwdsa.surgery import plan_from_channels, prune
+
+    importance = [torch.arange(c, 0, -1, dtype=torch.float32) for c in graph.group_sizes]
+    plan = plan_from_channels(graph, importance, channels)
+    return prune(model, graph, plan)
+
+
+def measure_pruned(
+    model: nn.Module,
+    graph: ChannelGraph,
+    channels_list: Sequence[Sequence[int]],
+    backend: Backend,
+    protocol: TimingProtocol | None = None,
+    *,
+    rounds: int = 3,
+    batch_size: int = 1,
+    precision: str = "fp32",
+) -> list[float]:
+    """End-to-end latency (ms) of `model` pruned to each of `channels_list`, BatchNorms folded, on `backend`.
+
+    Each network is timed `rounds` times, round-robin, and its latency is the median of the round
+    medians: on a shared machine, load comes in bursts longer than one measurement, and interleaving
+    keeps one burst from shifting one network's figure (it lands on one round of several networks).
+    """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1; got {rounds}")
+    shape = (batch_size, *graph.input_shape[-3:])
+    with tempfile.TemporaryDirectory(prefix="hwdsa-nets-") as tmp:
+        nets: list[object] = []
+        for i, channels in enumerate(channels_list):
+            net = deployable(pruned_network(model, graph, channels))
+            if isinstance(backend, OnnxBackend):  # export once, not once per round
+                from hwdsa.profilers.layers import onnx_from_network
+
+                nets.append(str(onnx_from_network(net, Path(tmp) / f"net{i}.onnx", input_shape=shape, precision=precision)))
+            else:
+                nets.append(net)
+        samples: list[list[float]] = [[] for _ in nets]
+        for _ in range(rounds):
+            for i, artefact in enumerate(nets):
+                samples[i].append(backend.measure_network(artefact, shape, protocol, precision=precision).median_ms)
+    return [statistics.median(s) for s in samples]
+
+
+def calibrate_table(
+    table: LatencyTable,
+    model: nn.Module,
+    input_shape: Sequence[int],
+    backend: Backend | str,
+    *,
+    name: str,
+    networks: int = 8,
+    seed: int = 0,
+    protocol: TimingProtocol | None = None,
+    rounds: int = 3,
+    method: CalibrationMethod = "huber",
+    interpolation: str | None = None,
+    **backend_options: Any,
+) -> tuple[LatencyTable, Calibration]:
+    """Fit the calibration of `model` on `table` from end-to-end timings and store it in a copy of the table.
+
+    The networks timed are the dense model and `networks - 1` randomly pruned copies (seeded), timed
+    in `rounds` interleaved rounds (see `measure_pruned`) on `backend`, which must be the table's own:
+    a calibration against another backend or device would be meaningless.
+    `interpolation` (see `LatencyCost.fit`) is stored in the table's metadata with the calibration,
+    which is fitted under it; None keeps the table's. Write the returned table to keep both with it.
+
+    Raises:
+        ConfigError: fewer than 3 networks, or the backend differs from the table's.
+        TableError: the table lacks entries the model needs, or the fit is degenerate.
+    """
+    if networks < 3:
+        raise ConfigError(f"calibration needs at least 3 networks (dense + 2 pruned); got {networks}")
+    be = resolve_backend(backend, **backend_options)
+    if be.name != table.meta.backend:
+        raise ConfigError(
+            f"the table was measured with {table.meta.backend!r} but calibration would time with {be.name!r}: "
+            f"calibrate with --backend {table.meta.backend}"
+        )
+    shape = _check_shape(input_shape)
+    graph = trace_channel_graph(model, shape)
+    if interpolation is not None and interpolation != table.meta.extra.get("interpolation", "linear"):
+        parse_interpolation(interpolation)
+        if table.meta.calibration:
+            _log.warning("interpolation changes to %r: the table's other calibrations were fitted without it; refit them", interpolation)
+        table = table.with_meta(extra={**table.meta.extra, "interpolation": interpolation})
+    cost = LatencyCost.fit(table, graph, calibration=None, paddings=paddings_from_model(model))
+    rng = random.Random(seed)
+    chosen = [list(graph.group_sizes)] + [random_channels(graph, rng) for _ in range(networks - 1)]
+    measured = measure_pruned(
+        model, graph, chosen, be, protocol, rounds=rounds, batch_size=table.meta.batch_size, precision=table.meta.precision
+    )
+    pairs: list[tuple[Sequence[int], float]] = list(zip(chosen, measured))
+    cal = fit_calibration(cost, pairs, method=method)
+    return attach_calibration(table, name, cal), cal
+
+
+def latency_table_for(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    backend: Backend | str,
+    out_path: str | os.PathLike[str],
+    *,
+    name: str,
+    grid: GridConfig | None = None,
+    protocol: TimingProtocol | None = None,
+    networks: int = 8,
+    **backend_options: Any,
+) -> Path:
+    """A calibrated table for `model` at `out_path`, profiling and calibrating only what is missing.
+
+    What `hwdsa prune --latency-backend NAME` runs when it is given a device instead of a table; a
+    rerun (or `--resume`) finds the finished table and calibration and measures nothing again. The
+    grid defaults to "gpu" mode on GPU backends (`hwdsa.lut.rounding.STEPPED_BACKENDS`), else "cpu".
+    """
+    from hwdsa.lut.rounding import STEPPED_BACKENDS
+
+    be = resolve_backend(backend, **backend_options)
+    if grid is None:  # staircases need every multiple; smooth CPU latency interpolates from a few points
+        grid = GridConfig("gpu") if be.name in STEPPED_BACKENDS else GridConfig("cpu")
+    table = profile_network(model, input_shape, be, out_path, grid=grid, protocol=protocol, network_name=name)
+    graph = trace_channel_graph(model, _check_shape(input_shape))
+    from hwdsa.lut.calibrate import calibrations, graph_signature
+
+    sig = graph_signature(graph)
+    if not any(c.graph_signature == sig for c in calibrations(table).values()):
+        table, _ = calibrate_table(table, model, input_shape, be, name=name, networks=networks, protocol=protocol)
+        table.write(out_path)
+    return Path(out_path)
+
+
+__all__ = [
+    "MIN_KEEP_RATIO",
+    "calibrate_table",
+    "latency_table_for",
+    "deployable",
+    "measure_pruned",
+    "profile_network",
+    "pruned_network",
+    "random_channels",
+]

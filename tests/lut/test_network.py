@@ -1,0 +1,104 @@
+"""Whole networks against a table (`hwdsa.lut.network`): real profiling, pruning and end-to-end timing on this CPU."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwdsa.errors import ConfigError
+from hwdsa.graph import trace_channel_graph
+from hwdsa.lut.calibrate import calibrations
+from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.grid import GridConfig
+from hwdsa.lut.network import calibrate_table, deployable, measure_pruned, profile_network, pruned_network, random_channels
+from hwdsa.lut.table import LatencyTable
+from hwdsa.models import create_model
+from hwdsa.profilers.base import TimingProtocol
+
+LIGHT = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05)
+SHAPE = (1, 12, 12)
+GRID = GridConfig("cpu", cpu_points=2)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("small_cnn", in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("net") / "t.csv"
+    profile_network(_model(), SHAPE, "torch_cpu", path, grid=GRID, protocol=LIGHT, network_name="small_cnn", num_threads=1)
+    return path
+
+
+def test_random_channels_stay_in_range() -> None:
+    graph = trace_channel_graph(_model(), SHAPE)
+    rng = random.Random(0)
+    totals = []
+    for _ in range(40):
+        ch = random_channels(graph, rng, low=0.2)
+        assert all(max(1, round(0.2 * c)) <= k <= c for k, c in zip(ch, graph.group_sizes))
+        totals.append(sum(ch) / sum(graph.group_sizes))
+    assert min(totals) < 0.4 and max(totals) > 0.8  # the networks span small to nearly dense
+    with pytest.raises(ConfigError, match="low must lie in"):
+        random_channels(graph, rng, low=0.0)
+
+
+def test_pruned_and_folded_network_computes_the_same_as_the_pruned_one() -> None:
+    model = _model().eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them matters
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    graph = trace_channel_graph(model, SHAPE)
+    channels = [max(1, c // 2) for c in graph.group_sizes]
+    pruned = pruned_network(model, graph, channels).eval()
+    folded = deployable(pruned)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, *SHAPE)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), pruned(x), rtol=1e-4, atol=1e-5)
+    assert trace_channel_graph(pruned, SHAPE).group_sizes == tuple(channels)
+
+
+def test_measure_pruned_times_each_network(table_path: Path) -> None:
+    from hwdsa.profilers import get_backend
+
+    model = _model()
+    graph = trace_channel_graph(model, SHAPE)
+    nets = [list(graph.group_sizes), [1] * len(graph.group_sizes)]
+    ms = measure_pruned(model, graph, nets, get_backend("torch_cpu", num_threads=1), LIGHT, rounds=2)
+    assert len(ms) == 2 and all(m > 0 for m in ms)
+    with pytest.raises(ConfigError, match="rounds must be >= 1"):
+        measure_pruned(model, graph, nets, get_backend("torch_cpu"), LIGHT, rounds=0)
+
+
+def test_calibration_is_stored_and_survives_extending_the_table(table_path: Path, tmp_path: Path) -> None:
+    model = _model()
+    table = LatencyTable.read(table_path)
+    calibrated, cal = calibrate_table(
+        table, model, SHAPE, "torch_cpu", name="small_cnn", networks=3, protocol=LIGHT, rounds=1, interpolation="ceil:4", num_threads=1
+    )
+    assert cal.n_points == 3 and calibrated.meta.extra["interpolation"] == "ceil:4"
+    path = calibrated.write(tmp_path / "t.csv")
+    cost = LatencyCost.fit(LatencyTable.read(path), trace_channel_graph(model, SHAPE))
+    assert cost.calibration == cal and cost.layers[0].interpolation == "ceil:4"  # the table's own pricing
+    # profiling a second input size into the same file keeps the first network's calibration and pricing
+    profile_network(model, (1, 10, 10), "torch_cpu", path, grid=GRID, protocol=LIGHT, network_name="small10", num_threads=1)
+    extended = LatencyTable.read(path)
+    assert set(extended.meta.extra["networks"]) == {"small_cnn", "small10"}
+    assert calibrations(extended)["small_cnn"] == cal and extended.meta.extra["interpolation"] == "ceil:4"
+    assert len(extended) > len(table)
+
+
+def test_calibration_on_another_backend_is_refused(table_path: Path) -> None:
+    with pytest.raises(ConfigError, match="calibrate with --backend torch_cpu"):
+        calibrate_table(LatencyTable.read(table_path), _model(), SHAPE, "onnxruntime", name="x", networks=3, protocol=LIGHT)
+    with pytest.raises(ConfigError, match="at least 3 networks"):
+        calibrate_table(LatencyTable.read(table_path), _model(), SHAPE, "torch_cpu", name="x", networks=2)

@@ -6,9 +6,10 @@ torch or cuda-python. Only the TensorRT 10 API is used (explicit batch, `build_s
 `set_tensor_address`, `execute_async_v3`); `tensorrt` is imported lazily, so this module imports (and
 type-checks against `tensorrt-stubs`) on machines without it.
 
-Precisions follow `hwdsa.export.tensorrt`, so a layer is built the way the deployed network is:
-"fp32" clears TF32, "fp16" sets `BuilderFlag.FP16` on the (fp16) graph, "int8" builds the explicit
-Q/DQ graph as a strongly typed network.
+Precisions follow `hwdsa.export.tensorrt`, so a layer is built the way the deployed network is: every
+network is strongly typed and the precision is the graph's own types ("fp32" with TF32 cleared, an fp16
+graph for "fp16", the explicit Q/DQ graph for "int8"). Weak typing (`BuilderFlag.FP16`/`INT8`) is
+deprecated since TensorRT 10.12 and removed in 11.
 """
 
 from __future__ import annotations
@@ -216,9 +217,8 @@ class TensorRTBackend(OnnxBackend):
         driver().make_current(self.device_index)
         logger = _trt_logger()
         builder = trt.Builder(logger)
-        strongly_typed = precision == "int8"
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
-        network = builder.create_network(flags)
+        # the precision lives in the graph's types (see the module docstring): always strongly typed
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(os.fspath(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
@@ -227,9 +227,7 @@ class TensorRTBackend(OnnxBackend):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
         if self.builder_optimization_level is not None:
             config.builder_optimization_level = int(self.builder_optimization_level)
-        if precision == "fp16":
-            config.set_flag(trt.BuilderFlag.FP16)
-        elif precision == "fp32":
+        if precision == "fp32":
             config.clear_flag(trt.BuilderFlag.TF32)  # TensorRT enables TF32 by default: fp32 must mean fp32
         profile = builder.create_optimization_profile()
         dynamic = False

@@ -2,8 +2,9 @@
 
 The search ends with real-valued counts α_g·C_g. Rounding them to the nearest integer ignores the
 device: on a GPU, 33 channels often cost what 40 cost, and 40 may even be faster than 36. This
-pass looks only at the table's step points (the counts it measured) around each searched count and
-keeps as many channels as the budget allows, priced by `LatencyCost.exact` (true table values).
+pass starts from the table's step points (the counts it measured) around each searched count, then
+spends what the budget has left on the cheapest channels anywhere, priced by `LatencyCost.exact`
+(true table values, not the monotone envelope the search priced with).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import Tensor
 from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.fit import parse_interpolation
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +39,101 @@ def _neighbours(count: float, steps: Sequence[int]) -> list[int]:
     below = [p for p in steps if p <= count + 1e-9]
     above = [p for p in steps if p >= count - 1e-9]
     return sorted({below[-1] if below else steps[0], above[0] if above else steps[-1]})
+
+
+def _groups_of_layer(cost: LatencyCost, layer: int) -> set[int]:
+    """The groups whose counts set the layer's input or output channel count."""
+    grid = cost.layers[layer].grid
+    return {g for ax in (grid.in_axis, grid.out_axis) for g, _ in ax.terms}
+
+
+def _layers_of_groups(cost: LatencyCost) -> list[list[int]]:
+    """For every group, the layers whose input or output count it feeds (the ones a move of it re-prices)."""
+    per_group: list[list[int]] = [[] for _ in cost.group_sizes]
+    for i in range(len(cost.layers)):
+        for g in _groups_of_layer(cost, i):
+            per_group[g].append(i)
+    return per_group
+
+
+def _grow_to_limit(
+    current: list[int], latency: float, cost: LatencyCost, steps: Sequence[Sequence[int]], limit: float
+) -> tuple[list[int], float]:
+    """Spend what the budget has left: raise groups through their allowed steps, cheapest ms per channel first.
+
+    The earlier phases only consider counts near the search's, and the search itself priced with the
+    monotone envelope of the table (which over-prices non-monotone tables), so budget may be left that
+    the true table values allow spending. A move of group g goes to its next allowed step or to any of
+    the table's measured counts above (where a non-monotone table may dip; between measured counts the
+    price per channel is constant under linear interpolation and zero under "ceil", so these targets
+    suffice; under "ceil:N" the multiples of N are targets too). The cheapest move per channel gained
+    that keeps ``cost.exact <= limit`` is taken, a saving or a free move first, the larger target on a
+    tie; repeat until none fits.
+
+    Pricing is incremental but exact: a move re-prices only the layers its group feeds, and the total is
+    the same `math.fsum` over the same per-layer values that `LatencyCost.exact` takes, so it is equal
+    to `cost.exact(current)` bit for bit. Candidate moves are cached per group and recomputed only for
+    groups that share a layer with the group that moved.
+    """
+    sizes = cost.group_sizes
+    layers_of = _layers_of_groups(cost)
+    parts = [p.latency_ms for p in cost.breakdown(current)]
+    cal = cost.calibration
+    scale = cal.scale if cal is not None else 1.0
+    # where the price per channel can change: the measured counts and, under "ceil:N", the multiples of N
+    blocks = {parse_interpolation(fl.interpolation)[1] for fl in cost.layers if fl.interpolation.startswith("ceil:")}
+    measured = [
+        frozenset(cost.step_points(g)) | {k for n in blocks for k in range(n, sizes[g] + 1, n)} for g in range(len(sizes))
+    ]
+
+    def total(values: Sequence[float]) -> float:
+        s = math.fsum(values)
+        return cal.apply(s) if cal is not None else s
+
+    def moves(g: int) -> list[tuple[float, int, int, dict[int, float]]]:
+        """(ms per channel, -target, target, re-priced layers) for every candidate target of group g."""
+        c = current[g]
+        above = [p for p in steps[g] if p > c]
+        if not above:
+            return []
+        targets = {above[0]} | (measured[g] & set(above))
+        out = []
+        base = sum(parts[i] for i in layers_of[g])
+        for t in targets:
+            trial = current.copy()
+            trial[g] = t
+            new = {i: cost.layers[i].latency_ms(*cost.layers[i].counts(trial, sizes)) for i in layers_of[g]}
+            delta = sum(new.values()) - base
+            out.append((scale * delta / (t - c), -t, t, new))
+        out.sort(key=lambda m: (m[0], m[1]))
+        return out
+
+    cache = {g: moves(g) for g in range(len(sizes))}
+    # groups whose move prices change when g moves: those sharing a layer with g
+    neighbours = [{g} | {h for i in layers_of[g] for h in _groups_of_layer(cost, i)} for g in range(len(sizes))]
+    while True:
+        best: tuple[float, int, int, dict[int, float], float] | None = None
+        for g, cands in cache.items():
+            for price, _, t, new in cands:
+                if best is not None and (price, -t) >= (best[0], -best[2]):
+                    break  # sorted: nothing cheaper follows in this group
+                trial_parts = parts.copy()
+                for i, v in new.items():
+                    trial_parts[i] = v
+                lat = total(trial_parts)
+                if lat <= limit:
+                    best = (price, g, t, new, lat)
+                    break
+        if best is None:
+            break
+        _, g, t, new, latency = best
+        current[g] = t
+        for i, v in new.items():
+            parts[i] = v
+        for h in neighbours[g]:
+            cache[h] = moves(h)
+        _log.debug("rounding: grow moves group %d up to %d (%.4g ms)", g, t, latency)
+    return current, latency
 
 
 def round_to_latency_optimal(
@@ -64,6 +161,12 @@ def round_to_latency_optimal(
        one step or straight to the table's next measured count at or above x_g (never beyond it),
        cheapest latency per channel first, while the budget holds. Where the table prices counts as a
        staircase (``"ceil"`` interpolation), the channels up to the next tread cost nothing.
+    5. Grow to the limit: any group may keep moving up through all its allowed steps (whole channels
+       or multiples of `multiple`, else the step points), cheapest latency per channel first, while
+       the budget holds (`_grow_to_limit`). The search priced with the table's monotone envelope,
+       which over-prices a non-monotone table, so phases 1–4 can leave budget the true values allow
+       spending; afterwards no single move of one group up fits the budget (exactly so under linear,
+       "ceil" and "ceil:N" pricing of layers that each read a group on one side).
 
     The result keeps the budget by construction and, among the neighbours, prefers counts the device
     runs fastest per channel kept: the channel count is the accuracy proxy. On a coarse (CPU) grid
@@ -170,6 +273,9 @@ def round_to_latency_optimal(
                 break
             _, g, up, latency = best
             current[g] = up
+
+    # 5. Grow to the limit: any group, through all its allowed steps (not only near the search's count).
+    current, latency = _grow_to_limit(current, latency, cost, steps, limit)
     _log.info("latency-optimal rounding: %.4g ms for a budget of %.4g ms", latency, limit)
     return tuple(current)
 

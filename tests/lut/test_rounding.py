@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import numpy as np
 import pytest
@@ -66,10 +67,24 @@ def test_repairs_a_search_that_overshot() -> None:
     assert sum(counts) < 112
 
 
+def _no_step_up_fits(cost: LatencyCost, counts: tuple[int, ...], limit: float, steps: list[list[int]]) -> bool:
+    """Whether the budget is filled to within one step: no group can move to any higher allowed count."""
+    for g, c in enumerate(counts):
+        for t in (p for p in steps[g] if p > c):
+            trial = list(counts)
+            trial[g] = t
+            if cost.exact(trial) <= limit:
+                return False
+    return True
+
+
 def test_multiple_rounds_to_multiples() -> None:
     cost = _two_layer_cost()
-    counts = round_to_latency_optimal([45.0, 21.0], cost, cost.dense, multiple=16)
-    assert all(k % 16 == 0 for k in counts) and counts == (48, 32)
+    limit = cost.exact([48, 32])
+    counts = round_to_latency_optimal([45.0, 21.0], cost, limit, multiple=16)
+    assert all(k % 16 == 0 for k in counts) and cost.exact(counts) <= limit
+    assert _no_step_up_fits(cost, counts, limit, [[16, 32, 48, 64]] * 2)
+    assert round_to_latency_optimal([45.0, 21.0], cost, cost.dense, multiple=16) == (64, 64)  # the dense budget keeps all
 
 
 def test_infeasible_and_bad_input() -> None:
@@ -103,15 +118,58 @@ def test_round_for_budgets_fills_a_latency_budget_and_defers_other_budgets() -> 
     assert both == channels_within_budgets(ratios, [budget, flops], cost.group_sizes)
 
 
-def test_fill_takes_the_free_channels_of_a_staircase_up_to_the_next_measured_count() -> None:
+def test_fill_takes_the_free_channels_of_a_staircase_and_the_fast_widths_beyond() -> None:
     graph = graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])
     table = synthetic_table(graph, _tile_latency, config=GridConfig("gpu"))  # every multiple of 8 measured
     cost = LatencyCost.fit(table, graph, interpolation="ceil")  # 17..24 cost what 24 costs
     searched = [17.2, 30.5]
     limit = cost.exact([24, 32])
     counts = round_to_latency_optimal(searched, cost, limit, multiple=1)
-    assert counts == (24, 32)  # whole channels, filled to the treads the budget already pays for
+    # whole channels, on treads (a count between them costs the next one's latency for fewer channels);
+    # the budget of (24, 32) also pays for (40, 40): 40 outputs are a fast aligned width, far from the search's counts
+    assert counts == (40, 40)
     assert cost.exact(counts) <= limit
+    assert _no_step_up_fits(cost, counts, limit, [list(range(1, 65))] * 2)
     tight = cost.exact([17, 31]) - 1e-9  # below the price of the treads: fill must not break the budget
     small = round_to_latency_optimal(searched, cost, tight, multiple=1)
-    assert cost.exact(small) <= tight and all(k <= c for k, c in zip(small, (24, 32)))
+    assert cost.exact(small) <= tight and _no_step_up_fits(cost, small, tight, [list(range(1, 65))] * 2)
+
+
+def _resnet20_on_the_shipped_onnx_table() -> tuple[LatencyCost, list[int]]:
+    from hwdsa.graph import trace_channel_graph
+    from hwdsa.lut.grid import paddings_from_model
+    from hwdsa.lut.table import LatencyTable, packaged_tables
+    from hwdsa.models import create_model, default_input_shape
+
+    model = create_model("resnet20", num_classes=10)
+    graph = trace_channel_graph(model, default_input_shape("resnet20"))
+    table = LatencyTable.read(packaged_tables()["cpu-onnxruntime-fp32-b1"])
+    return LatencyCost.fit(table, graph, paddings=paddings_from_model(model)), list(graph.group_sizes)
+
+
+def test_grow_fills_a_real_non_monotone_budget_to_within_one_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime on this CPU: the search prices with the monotone envelope, which over-prices; the old
+    rounding (neighbours of the searched counts only) then left >10% of the budget unused."""
+    import torch
+
+    from hwdsa.costs import Budget
+    from hwdsa.lut import rounding
+
+    cost, sizes = _resnet20_on_the_shipped_onnx_table()
+    budget = Budget.fraction_of_dense(cost, 0.3)
+    # what DSA ends near: uneven keep ratios scaled until the (envelope) budget surface meets the limit
+    rng = random.Random(0)
+    base = torch.tensor([min(1.0, max(0.05, 0.3 + rng.uniform(-0.2, 0.2))) for _ in sizes], dtype=torch.float64)
+    lo, hi = 0.0, 2.0
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if float(cost((base * mid).clamp(0.02, 1.0))) <= budget.limit else (lo, mid)
+    searched = [min(float(c), max(1.0, float(r) * c)) for r, c in zip((base * lo).clamp(0.02, 1.0), sizes)]
+
+    counts = round_to_latency_optimal(searched, cost, budget.limit, multiple=1)
+    assert cost.exact(counts) <= budget.limit
+    assert _no_step_up_fits(cost, counts, budget.limit, [list(range(1, c + 1)) for c in sizes])
+
+    monkeypatch.setattr(rounding, "_grow_to_limit", lambda current, latency, *_: (current, latency))
+    old = round_to_latency_optimal(searched, cost, budget.limit, multiple=1)
+    assert cost.exact(old) < 0.9 * budget.limit < cost.exact(counts)

@@ -20,12 +20,16 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.costs import Budget, FlopsCost
 from hwdsa.data import load_dataset, make_loader
+from hwdsa.dsa.allocator import AdmmConfig
+from hwdsa.dsa.process import Beta2Schedule
+from hwdsa.errors import ConfigError
 from hwdsa.flows import BudgetSpec, PruneJob, PruneJobConfig, uniform_keep_ratio
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
@@ -36,6 +40,7 @@ _log = logging.getLogger("benchmarks.dsa_vs_uniform")
 
 def pretrain(args: argparse.Namespace, path: Path) -> float:
     """Train the shared dense model once (seed 0) and save its state dict; returns its test accuracy."""
+    t0 = time.perf_counter()
     torch.manual_seed(0)
     splits = load_dataset(args.dataset, args.data_root, subset_per_class=args.per_class, seed=0)
     train = make_loader(splits.train, args.batch_size, train=True, seed=0)
@@ -44,7 +49,22 @@ def pretrain(args: argparse.Namespace, path: Path) -> float:
     fit(model, train, TrainConfig(epochs=args.pretrain_epochs, lr=0.1), torch.device("cpu"), desc="pretrain")
     acc = evaluate(model, test, torch.device("cpu"))
     torch.save(model.state_dict(), path)
+    write_json_atomic(path.with_suffix(".json"), {"accuracy": acc, "seconds": time.perf_counter() - t0, "epochs": args.pretrain_epochs})
     return acc
+
+
+def run_job(cfg: PruneJobConfig, out: Path) -> dict[str, Any]:
+    """A finished job's report when `out` holds one for the same config (a rerun adds seeds), else run it."""
+    report_path, config_path = out / "report.json", out / "config.json"
+    if report_path.is_file() and config_path.is_file():
+        try:  # from_dict gives fields added since the run their defaults
+            same = PruneJobConfig.from_dict(json.loads(config_path.read_text())) == cfg
+        except (ConfigError, TypeError):
+            same = False
+        if same:
+            _log.info("reusing %s", report_path)
+            return dict(json.loads(report_path.read_text()))
+    return PruneJob(cfg, out).run(resume=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--work", default="runs/bench_dsa_vs_uniform", help="scratch folder for checkpoints")
+    p.add_argument("--long-uniform", action="store_true", help="also run uniform fine-tuned for search + fine-tune epochs")
+    p.add_argument("--dropped-only", action="store_true", help="also run DSA with the dropped-only mask gradient, β2 1→100")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     out, work = Path(args.out), Path(args.work)
@@ -69,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
 
     dense_path = work / "dense.pt"
     if not dense_path.is_file():
-        dense_acc = pretrain(args, dense_path)
-    else:
-        dense_acc = float("nan")
+        pretrain(args, dense_path)
+    pretrained = json.loads(dense_path.with_suffix(".json").read_text())
+    dense_acc = pretrained["accuracy"]
     shape = load_dataset(args.dataset, args.data_root, subset_per_class=1).input_shape
     graph = trace_channel_graph(create_model(args.model), shape)
     cost = FlopsCost(graph)
@@ -91,13 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows = []
     allocations: dict[str, list[float]] = {}
+    methods = {
+        "dsa": base,
+        "uniform": replace(base, fixed_keep_ratios=(ratio,)),
+        # The control for DSA's extra training: uniform fine-tuned for the search's epochs too.
+        "uniform_long": replace(
+            base, fixed_keep_ratios=(ratio,), finetune=TrainConfig(epochs=args.search_epochs + args.finetune_epochs, lr=0.02)
+        ),
+    }
+    if not args.long_uniform:
+        del methods["uniform_long"]
+    if args.dropped_only:
+        # DSA with the one-sided mask gradient and near-deterministic masks by the end (see hwdsa.dsa.process).
+        admm = AdmmConfig(mask_gradient="dropped_only", beta2=Beta2Schedule(1.0, 100.0, "exponential"))
+        methods["dsa_dropped_only"] = replace(base, admm=admm)
     for seed in args.seeds:
-        for method, cfg in (
-            ("dsa", replace(base, seed=seed)),
-            ("uniform", replace(base, seed=seed, fixed_keep_ratios=(ratio,))),
-        ):
+        for method, method_cfg in methods.items():
             _log.info("seed %d: %s", seed, method)
-            report = PruneJob(cfg, work / f"{method}_seed{seed}").run(resume=True)
+            report = run_job(replace(method_cfg, seed=seed), work / f"{method}_seed{seed}")
             dense_acc = report["dense"]["accuracy"]
             rows.append(
                 {
@@ -113,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             allocations[f"{method}_seed{seed}"] = [c / g for c, g in zip(report["channels"], graph.group_sizes)]
 
     summary = {}
-    for method in ("dsa", "uniform"):
+    for method in methods:
         accs = [r["accuracy"] for r in rows if r["method"] == method]
         summary[method] = {
             "mean_accuracy": statistics.mean(accs),
@@ -122,14 +155,20 @@ def main(argv: list[str] | None = None) -> int:
             "max_accuracy": max(accs),
             "mean_flops_fraction": statistics.mean(r["flops_fraction"] for r in rows if r["method"] == method),
         }
+    accuracy = {(r["method"], r["seed"]): r["accuracy"] for r in rows}
+    searched = [m for m in methods if m.startswith("dsa")]
+    paired = {m: [accuracy[m, seed] - accuracy["uniform", seed] for seed in args.seeds] for m in searched}
     result = {
         "setup": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
         "dense_accuracy": dense_acc,
+        "pretrain_seconds": pretrained["seconds"],
         "uniform_keep_ratio": ratio,
         "summary": summary,
         "runs": rows,
         "allocations": allocations,
-        "dsa_beats_uniform": summary["dsa"]["mean_accuracy"] > summary["uniform"]["mean_accuracy"],
+        "minus_uniform_per_seed": paired,
+        "beats_uniform": {m: summary[m]["mean_accuracy"] > summary["uniform"]["mean_accuracy"] for m in searched},
+        "compute_seconds": pretrained["seconds"] + sum(r["seconds"] for r in rows),
         "wall_seconds": time.perf_counter() - t0,
         "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
     }
@@ -143,7 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         f"# DSA vs uniform pruning, {args.model} on {args.dataset} ({args.per_class}/class), FLOPs ≤ {args.flops:.0%}",
         "",
         f"Dense accuracy {dense_acc:.4f}; uniform keep ratio {ratio:.3f}; seeds {args.seeds}; "
-        f"search {args.search_epochs} + fine-tune {args.finetune_epochs} epochs (uniform: fine-tune {args.finetune_epochs}).",
+        f"search {args.search_epochs} + fine-tune {args.finetune_epochs} epochs (uniform: fine-tune {args.finetune_epochs}"
+        + (f"; uniform_long: fine-tune {args.search_epochs + args.finetune_epochs}" if args.long_uniform else "")
+        + f"). Pre-training {args.pretrain_epochs} epochs once, shared by every run.",
+        "",
+        *[
+            f"{m} − uniform, paired by seed: {', '.join(f'{d:+.4f}' for d in diffs)} (mean {statistics.mean(diffs):+.4f})."
+            for m, diffs in paired.items()
+        ],
+        "",
+        f"Compute: {result['compute_seconds'] / 60:.1f} min in all, pre-training {pretrained['seconds'] / 60:.1f} min "
+        "(one core shared with other jobs).",
         "",
         "| method | mean top-1 | std | min | max | FLOPs fraction |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -160,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _plot(path: Path, rows: list[dict], allocations: dict[str, list[float]], summary: dict, args: argparse.Namespace) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], allocations: dict[str, list[float]], summary: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,7 +221,7 @@ def _plot(path: Path, rows: list[dict], allocations: dict[str, list[float]], sum
     methods = list(summary)
     for i, m in enumerate(methods):
         accs = [r["accuracy"] for r in rows if r["method"] == m]
-        ax1.bar(i, summary[m]["mean_accuracy"], yerr=summary[m]["std_accuracy"], capsize=6, color=["C0", "C1"][i], alpha=0.8)
+        ax1.bar(i, summary[m]["mean_accuracy"], yerr=summary[m]["std_accuracy"], capsize=6, color=f"C{i}", alpha=0.8)
         ax1.scatter([i] * len(accs), accs, color="k", zorder=3, s=12)
     ax1.set_xticks(range(len(methods)), methods)
     lo = min(r["accuracy"] for r in rows)
@@ -180,7 +229,7 @@ def _plot(path: Path, rows: list[dict], allocations: dict[str, list[float]], sum
     ax1.set_ylabel("test top-1 after fine-tuning")
     ax1.set_title(f"FLOPs ≤ {args.flops:.0%}: mean ± std over {len(args.seeds)} seeds")
     for name, alloc in allocations.items():
-        style = "-" if name.startswith("dsa") else "--"
+        style = "-" if name.startswith("dsa") else "--"  # uniform runs overlap: one ratio for every seed
         ax2.plot(range(len(alloc)), alloc, style, marker="o", ms=3, label=name, alpha=0.8)
     ax2.set_xlabel("channel group (execution order)")
     ax2.set_ylabel("kept fraction of channels")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import os
 import statistics
 import sys
 import time
@@ -57,28 +58,36 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    load_before = os.getloadavg()[0]
     dense_ms, dsa_ms = [], []
+    # CPU time of this process too: on a core other jobs share, wall time counts their slices, CPU time does not.
+    dense_cpu_ms, dsa_cpu_ms = [], []
     search_cfg = SearchConfig(train=cfg)
     for _ in range(args.rounds + 1):  # the first round warms up both paths and is discarded
         dense = copy.deepcopy(model)
         opt = make_optimizer(dense, cfg)
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         train_epoch(dense, batches, opt, None, device)
         sync()
         dense_ms.append((time.perf_counter() - t) * 1e3 / len(batches))
+        dense_cpu_ms.append((time.process_time() - c) * 1e3 / len(batches))
         search = DsaSearch(copy.deepcopy(model), graph, [budget], search_cfg, device)
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         search.run(batches, batches)
         sync()
         dsa_ms.append((time.perf_counter() - t) * 1e3 / len(batches))
-    dense_ms, dsa_ms = dense_ms[1:], dsa_ms[1:]
+        dsa_cpu_ms.append((time.process_time() - c) * 1e3 / len(batches))
+    dense_ms, dsa_ms, dense_cpu_ms, dsa_cpu_ms = dense_ms[1:], dsa_ms[1:], dense_cpu_ms[1:], dsa_cpu_ms[1:]
     ratios = [d / b for d, b in zip(dsa_ms, dense_ms)]
+    cpu_ratios = [d / b for d, b in zip(dsa_cpu_ms, dense_cpu_ms)]
     result = {
         "model": args.model,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
         "batch_size": args.batch_size,
         "steps_per_round": len(batches),
         "rounds": args.rounds,
@@ -87,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
         "dsa_ms_per_step": dsa_ms,
         "ratio_per_round": ratios,
         "ratio_median": statistics.median(ratios),
+        "dense_cpu_ms_per_step": dense_cpu_ms,
+        "dsa_cpu_ms_per_step": dsa_cpu_ms,
+        "cpu_ratio_per_round": cpu_ratios,
+        "cpu_ratio_median": statistics.median(cpu_ratios),
         "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     out = Path(args.out)
@@ -94,13 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         f"# DSA search step vs dense training step ({args.model}, batch {args.batch_size}, {device})",
         "",
-        "| round | dense ms/step | DSA ms/step | ratio |",
-        "| --- | --- | --- | --- |",
-        *[f"| {i + 1} | {d:.1f} | {s:.1f} | {r:.2f} |" for i, (d, s, r) in enumerate(zip(dense_ms, dsa_ms, ratios))],
+        "| round | dense ms/step | DSA ms/step | wall ratio | dense CPU ms/step | DSA CPU ms/step | CPU ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *[
+            f"| {i + 1} | {d:.1f} | {s:.1f} | {r:.2f} | {dc:.1f} | {sc:.1f} | {rc:.2f} |"
+            for i, (d, s, r, dc, sc, rc) in enumerate(zip(dense_ms, dsa_ms, ratios, dense_cpu_ms, dsa_cpu_ms, cpu_ratios))
+        ],
         "",
-        f"Median ratio {result['ratio_median']:.2f} (a ratio step every {search_cfg.admm.update_every} weight steps, "
-        "included). The DSA step includes the per-step importance read-out, keep probabilities, sampled masks, "
+        f"Median wall-time ratio {result['ratio_median']:.2f}, CPU-time ratio {result['cpu_ratio_median']:.2f} "
+        f"(a ratio step every {search_cfg.admm.update_every} weight steps, included). The DSA step includes the per-step importance read-out, keep probabilities, sampled masks, "
         "and the amortised ratio step with its held-out forward/backward and projection.",
+        "",
+        f"CPU cores {result['cpu_affinity']}, {result['torch_threads']} torch thread(s); 1-min load average "
+        f"{load_before:.1f} before, {result['load_average_1min'][1]:.1f} after (other jobs share the core: the "
+        "wall times drift with their load; the process's CPU time does not, so its ratio is the steadier one).",
         "",
         f"Reproduce: `{result['command']}`",
         "",

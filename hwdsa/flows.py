@@ -25,10 +25,11 @@ from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, world_size
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
-from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, channels_within_budgets
+from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
 from hwdsa.errors import ConfigError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance
+from hwdsa.lut.rounding import round_for_budgets  # latency budgets: latency-optimal rounding
 from hwdsa.training import TrainConfig, batches_per_epoch, evaluate, make_optimizer, make_scheduler, set_epoch, train_epoch
 
 _log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class PruneJobConfig:
     seed: int = 0
     device: str = "auto"
     latency_table: str | None = None
+    latency_backend: str | None = None
+    """Profile this backend (e.g. "onnxruntime") into `<out>/latency_table.csv` when no table is given."""
     fixed_keep_ratios: tuple[float, ...] | None = None
     """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
 
@@ -135,7 +138,10 @@ def build_cost(name: str, graph: ChannelGraph, latency_table: str | None) -> Cos
         return ParamsCost(graph)
     if name == "latency":
         if latency_table is None:
-            raise ConfigError("a latency budget needs a lookup table: pass --latency-table TABLE.csv (see `hwdsa profile`)")
+            raise ConfigError(
+                "a latency budget needs a lookup table: pass --latency-table TABLE.csv (see `hwdsa profile`), "
+                "or --latency-backend NAME to profile this device first"
+            )
         from hwdsa.lut.cost_model import LatencyCost
         from hwdsa.lut.table import LatencyTable
 
@@ -273,7 +279,15 @@ class PruneJob:
                 barrier()
         dense_acc = evaluate(model, test, device) if not cfg.from_scratch else None
         graph = trace_channel_graph(model, input_shape)
-        budgets = [spec.resolve(build_cost(spec.cost, graph, cfg.latency_table)) for spec in cfg.budgets]
+        latency_table = cfg.latency_table
+        if latency_table is None and cfg.latency_backend is not None and any(s.cost == "latency" for s in cfg.budgets):
+            from hwdsa.lut.network import latency_table_for
+
+            latency_table = str(self.out / "latency_table.csv")
+            if is_main_process():  # resumable: a rerun finds the finished table and measures nothing
+                latency_table_for(model, input_shape, cfg.latency_backend, latency_table, name=cfg.model)
+            barrier()
+        budgets = [spec.resolve(build_cost(spec.cost, graph, latency_table)) for spec in cfg.budgets]
 
         # Phase 2: the search (or fixed ratios for baselines).
         search_done = self._done("search")
@@ -288,14 +302,14 @@ class PruneJob:
             ratios = list(cfg.fixed_keep_ratios)
             if len(ratios) == 1:
                 ratios = ratios * len(graph.groups)
-            channels = channels_within_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
             history = []
         else:
             ddp = self._wrap(model, device)
             searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device)
             result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume)
             ratios = result.keep_ratios
-            channels = channels_within_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
             history = result.history
             timings["search_s"] = result.seconds
             timings["search_s_per_step"] = result.seconds / max(1, result.weight_steps)

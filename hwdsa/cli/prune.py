@@ -19,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", help="parameter budget as a fraction of the dense model's, e.g. 0.4")
     p.add_argument("--latency", help="latency budget: a fraction of the dense model's (0.5) or a time (2.5ms)")
     p.add_argument("--latency-table", help="lookup table (CSV from `hwdsa profile`) for --latency")
+    p.add_argument("--latency-backend", help="no table yet: profile and calibrate this backend (e.g. onnxruntime) first")
     p.add_argument("--from-scratch", action="store_true", default=None, help="search from random weights (no pre-training)")
     p.add_argument("--weights", help="state dict of a pre-trained dense model to start from")
     p.add_argument("--pretrain-epochs", type=int, help="epochs to pre-train the dense model when no --weights are given")
@@ -60,6 +61,7 @@ def config_from_args(args: argparse.Namespace):  # -> PruneJobConfig
             "seed": args.seed,
             "device": args.device,
             "latency_table": args.latency_table,
+            "latency_backend": args.latency_backend,
         }.items()
         if v is not None
     }
@@ -88,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
         ["FLOPs (MACs)", d["flops"], p["flops"], p["flops_fraction"]],
         ["parameters", d["params"], p["params"], p["params_fraction"]],
     ]
+    if "latency" in report["budgets"]:  # predicted by the calibrated table
+        lat = report["budgets"]["latency"]
+        dense_ms = lat["limit"] / lat["fraction_of_dense"]
+        rows.append(["latency (ms, table)", dense_ms, lat["achieved"], lat["achieved"] / dense_ms])
     print(f"\n{config.model} on {config.dataset}, budgets: "
           + ", ".join(f"{k} ≤ {v['fraction_of_dense']:.0%} of dense" for k, v in report["budgets"].items()))
     print(format_table(rows, ["", "dense", "pruned", "change / fraction"]))

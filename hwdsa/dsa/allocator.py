@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from hwdsa.costs import Budget
 from hwdsa.distributed import all_reduce_mean_
-from hwdsa.dsa.process import Beta2Schedule, deterministic_masks, keep_probabilities, sample_masks
+from hwdsa.dsa.process import MASK_GRADIENTS, Beta2Schedule, deterministic_masks, keep_probabilities, sample_masks
 from hwdsa.dsa.projection import check_feasible, project_onto_budget
 from hwdsa.errors import ConfigError
 
@@ -37,6 +37,15 @@ class AdmmConfig:
         floor: the keep-probability floor of the pruning process.
         beta2: schedule of the mask steepness over the search's progress.
         importance: how a group's members' BatchNorm scales are combined ("first" is the authors' choice).
+        budget_warmup: fraction of the search over which each budget tightens from the cost of the initial
+            ratios to its limit, along Zhu & Gupta's cubic (fast first, flat at the end, so the dual has
+            little lag to unwind when the limit stops moving). Without it the ADMM transient (z jumps to the
+            budget, the dual integrates the gap) drives the ratios far below the budget within a few steps,
+            and that transient, not the task gradient, fixes the allocation.
+        mask_gradient: "straight_through" (the paper's) or "dropped_only" (see `sample_masks`).
+        fill_budget: when the search ends below a budget (the task gradient of groups that matter little is
+            mostly noise, so their ratios can drift down freely), scale every group's pruned fraction by one
+            factor until a budget binds: an unused budget is accuracy given away.
     """
 
     rho: float = 10.0
@@ -47,6 +56,9 @@ class AdmmConfig:
     floor: float = 0.01
     beta2: Beta2Schedule = field(default_factory=lambda: Beta2Schedule(start=1.0, end=5.0, kind="linear"))
     importance: str = "first"
+    budget_warmup: float = 0.5
+    fill_budget: bool = True
+    mask_gradient: str = "straight_through"
 
     def __post_init__(self) -> None:
         if not self.rho > 0:
@@ -57,6 +69,10 @@ class AdmmConfig:
             raise ConfigError(f"min_keep_ratio must lie in (0, 1); got {self.min_keep_ratio}")
         if self.update_every < 1:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}")
+        if not 0 <= self.budget_warmup < 1:
+            raise ConfigError(f"budget_warmup is a fraction of the search in [0, 1); got {self.budget_warmup}")
+        if self.mask_gradient not in MASK_GRADIENTS:
+            raise ConfigError(f"unknown mask_gradient {self.mask_gradient!r}; valid: {', '.join(MASK_GRADIENTS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,7 +111,8 @@ class RatioAllocator:
         self.grad_sq = torch.zeros((), device=self.device)  # running mean square of the task gradient
         self._alpha: Tensor | None = None  # the α the last differentiable masks were drawn from
         alpha = self.keep_ratios.detach()
-        self.z = [self._project(alpha, b) for b in self.budgets]
+        self.initial_costs = tuple(float(b.cost(alpha.double().cpu())) for b in self.budgets)
+        self.z = [self._project(alpha, b) for b in self.scheduled_budgets(0.0)]
         self.u = [torch.zeros_like(alpha) for _ in self.budgets]
         self.steps = 0
 
@@ -109,6 +126,15 @@ class RatioAllocator:
         """
         eps = self.config.min_keep_ratio
         return eps + (1.0 - eps) * torch.sigmoid(self.logits)
+
+    def scheduled_budgets(self, progress: float) -> list[Budget]:
+        """The budgets the z-step projects onto at `progress` ∈ [0, 1] of the search (see `budget_warmup`)."""
+        warmup = self.config.budget_warmup
+        left = max(0.0, 1.0 - progress / warmup) ** 3 if warmup > 0 else 0.0
+        return [
+            Budget(b.cost, b.limit + left * max(0.0, c0 - b.limit)) if left > 0 else b
+            for b, c0 in zip(self.budgets, self.initial_costs)
+        ]
 
     def _project(self, v: Tensor, budget: Budget) -> Tensor:
         z = project_onto_budget(v.detach().double().cpu(), budget.cost, budget.limit, lower=self.config.min_keep_ratio, upper=1.0)
@@ -124,10 +150,41 @@ class RatioAllocator:
         z = torch.stack(self.z).mean(0)
         for _ in range(20):
             if all(b.is_met(z.double().cpu()) for b in self.budgets):
-                return z
+                break
             for b in self.budgets:
                 z = self._project(z, b)
+        if self.config.fill_budget:
+            z = self._fill(z)
         return z
+
+    def _fill(self, z: Tensor) -> Tensor:
+        """z + s·(1 − z) with the largest s ∈ [0, 1] that meets every budget (bisection; costs are monotone).
+
+        Scaling every group's pruned fraction by one factor keeps the searched allocation's shape.
+        """
+        zd = z.detach().double().cpu()
+
+        def point(s: float) -> Tensor:
+            return zd + s * (1.0 - zd)
+
+        def met(s: float) -> bool:
+            return all(b.is_met(point(s), rtol=0.0) for b in self.budgets)
+
+        if not met(0.0):
+            return z
+        if met(1.0):
+            return torch.ones_like(z)
+        lo, hi = 0.0, 1.0
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if met(mid) else (lo, mid)
+        if lo > 1e-3:
+            _log.info("the search ended %.1f%% below its budget; pruned fractions scaled by %.3f to fill it", 100 * self._slack(zd), 1 - lo)
+        return point(lo).to(device=z.device, dtype=z.dtype)
+
+    def _slack(self, z: Tensor) -> float:
+        """The smallest relative slack 1 − cost/limit over the budgets."""
+        return min(1.0 - float(b.cost(z)) / b.limit for b in self.budgets)
 
     # -- masks ---------------------------------------------------------------------------------
     def probabilities(self, importance: Sequence[Tensor], beta2: float) -> tuple[Tensor, Tensor]:
@@ -142,7 +199,7 @@ class RatioAllocator:
         alpha = self.keep_ratios
         self._alpha = alpha
         p = keep_probabilities(imp, valid, alpha, beta2, floor=self.config.floor)
-        m = sample_masks(p, generator=generator)
+        m = sample_masks(p, generator=generator, gradient=self.config.mask_gradient)
         return [m[g, :c] for g, c in enumerate(self.group_sizes)]
 
     def eval_masks(self, importance: Sequence[Tensor], ratios: Tensor | None = None) -> list[Tensor]:
@@ -189,10 +246,10 @@ class RatioAllocator:
         s = ((ratios - eps) / (1.0 - eps)).clamp(1e-6, 1 - 1e-6)
         self.logits.copy_(torch.log(s) - torch.log1p(-s))
 
-    def admm_update(self) -> None:
-        """z-step (projection of α + u onto each budget) and u-step (u ← u + α − z)."""
+    def admm_update(self, progress: float = 1.0) -> None:
+        """z-step (projection of α + u onto each budget, as scheduled at `progress`) and u-step (u ← u + α − z)."""
         alpha = self.keep_ratios.detach()
-        for i, budget in enumerate(self.budgets):
+        for i, budget in enumerate(self.scheduled_budgets(progress)):
             self.z[i] = self._project(alpha + self.u[i], budget)
             self.u[i] = self.u[i] + alpha - self.z[i]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hwdsa.costs import Budget
@@ -180,7 +181,8 @@ class DsaSearch:
                 holdout = _cycle(holdout_loader, epoch)
                 self.model.train()
                 loss_sum, n_seen = 0.0, 0
-                for i, (x, y) in enumerate(train_loader):
+                bar = tqdm(train_loader, desc=f"search {epoch + 1}/{cfg.train.epochs}", leave=False, disable=None if is_main_process() else True)
+                for i, (x, y) in enumerate(bar):
                     progress = (epoch * steps_per_epoch + i) / total_steps
                     beta2 = self.allocator.beta2(progress)
                     importance = self._importance()
@@ -190,7 +192,7 @@ class DsaSearch:
                         # The inner module, not the DDP wrapper: this backward reaches only the ratios.
                         ratio_loss = loss_fn(self.inner(xh.to(self.device)), yh.to(self.device))
                         self.allocator.ratio_step(ratio_loss)
-                        self.allocator.admm_update()
+                        self.allocator.admm_update(progress)
                     with torch.no_grad():
                         masks = self.allocator.masks(importance, beta2, self.generator)
                     self.masker.set_masks([m.detach() for m in masks])

@@ -246,6 +246,19 @@ class TestSampling:
         assert p.grad is not None
         torch.testing.assert_close(p.grad, w, rtol=0, atol=0)
 
+    def test_dropped_only_gradient_passes_the_dropped_channels_alone(self) -> None:
+        p = torch.full((3, 64), 0.5, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(p.shape, dtype=torch.float64)
+        m = sample_masks(p, torch.Generator().manual_seed(0), gradient="dropped_only")
+        assert torch.equal(m, sample_masks(p.detach(), torch.Generator().manual_seed(0)))  # the same draw
+        (m * w).sum().backward()
+        assert p.grad is not None and 0 < int((m == 0).sum()) < m.numel()
+        torch.testing.assert_close(p.grad, w * (1 - m), rtol=0, atol=0)
+
+    def test_unknown_mask_gradient_lists_the_valid_ones(self) -> None:
+        with pytest.raises(ConfigError, match="straight_through, dropped_only"):
+            sample_masks(torch.full((2,), 0.5), gradient="reinforce")
+
     def test_gradient_reaches_the_keep_ratios_through_the_masks(self) -> None:
         imp, valid = padded()
         a = torch.full((5,), 0.5, dtype=torch.float64, requires_grad=True)

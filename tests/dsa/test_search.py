@@ -44,6 +44,8 @@ def test_search_meets_the_budget_exactly() -> None:
         assert b.cost(torch.tensor(result.keep_ratios, dtype=torch.float64)) <= b.limit * (1 + 1e-6)
     assert result.weight_steps == len(train) and result.ratio_steps == len(train)
     assert result.costs["flops"] > 0.3 * FlopsCost(graph).dense, "the allocation uses the budget, not far below it"
+    ratios = torch.tensor(result.keep_ratios, dtype=torch.float64)
+    assert max(float(b.cost(ratios)) / b.limit for b in budgets) == pytest.approx(1.0, abs=1e-4), "one budget binds"
 
 
 def test_infeasible_budget_is_refused_before_training() -> None:

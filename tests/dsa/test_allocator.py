@@ -1,0 +1,105 @@
+"""The keep-ratio allocator's ADMM loop: the budget warm-up, no collapse below the budget, filling an unused budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hwdsa.costs import Budget, FlopsCost
+from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+from hwdsa.errors import ConfigError
+from hwdsa.graph import trace_channel_graph
+from hwdsa.models import create_model
+
+
+@pytest.fixture(scope="module")
+def flops() -> FlopsCost:
+    model = create_model("small_cnn", in_channels=1)
+    return FlopsCost(trace_channel_graph(model, (1, 28, 28)))
+
+
+def _fraction(cost: FlopsCost, ratios: torch.Tensor) -> float:
+    return float(cost(ratios.detach().double().cpu())) / cost.dense
+
+
+def _run(allocator: RatioAllocator, pull: torch.Tensor, steps: int) -> list[float]:
+    """Ratio steps on the loss −⟨pull, α⟩ (every group wants more channels); the FLOPs fraction of α after each."""
+    fractions = []
+    for k in range(steps):
+        alpha = allocator.keep_ratios
+        allocator._alpha = alpha  # what masks() records: the α the task loss is differentiated against
+        allocator.ratio_step(-(pull * alpha).sum())
+        allocator.admm_update(k / steps)
+        fractions.append(_fraction(allocator.budgets[0].cost, allocator.keep_ratios))  # type: ignore[arg-type]
+    return fractions
+
+
+class TestBudgetWarmup:
+    def test_schedule_starts_at_the_initial_cost_and_ends_at_the_limit(self, flops: FlopsCost) -> None:
+        budget = Budget.fraction_of_dense(flops, 0.5)
+        alloc = RatioAllocator(flops.group_sizes, [budget], AdmmConfig(budget_warmup=0.4))
+        limits = [alloc.scheduled_budgets(p)[0].limit for p in (0.0, 0.1, 0.2, 0.4, 0.7, 1.0)]
+        assert limits[0] == pytest.approx(alloc.initial_costs[0])
+        assert all(a > b for a, b in zip(limits[:4], limits[1:4]))
+        assert limits[3:] == [budget.limit] * 3
+        torch.testing.assert_close(alloc.z[0], alloc.keep_ratios.detach(), rtol=0, atol=1e-6)  # z starts at α
+
+    def test_ratios_approach_the_budget_without_collapsing_below_it(self, flops: FlopsCost) -> None:
+        pull = torch.tensor([0.2, 0.1, 0.1, 1.0])
+        budget = Budget.fraction_of_dense(flops, 0.5)
+        warm = _run(RatioAllocator(flops.group_sizes, [budget], AdmmConfig()), pull, 60)
+        cold = _run(RatioAllocator(flops.group_sizes, [budget], AdmmConfig(budget_warmup=0.0)), pull, 60)
+        assert min(warm) > 0.48, f"the warm-up should approach the budget from above, dipped to {min(warm):.3f}"
+        assert min(cold) < min(warm) - 0.05, "without the warm-up the ADMM transient overshoots (the reason for it)"
+        assert warm[-1] == pytest.approx(0.5, abs=0.01)
+
+    def test_rejects_an_unknown_mask_gradient(self) -> None:
+        with pytest.raises(ConfigError, match="mask_gradient 'both'; valid: straight_through, dropped_only"):
+            AdmmConfig(mask_gradient="both")
+
+    @pytest.mark.parametrize("warmup", [-0.1, 1.0, 1.5])
+    def test_rejects_a_warmup_outside_the_search(self, warmup: float) -> None:
+        with pytest.raises(ConfigError, match="budget_warmup"):
+            AdmmConfig(budget_warmup=warmup)
+
+
+class TestFeasibleRatios:
+    def test_an_unused_budget_is_filled_keeping_the_allocation_shape(self, flops: FlopsCost) -> None:
+        budget = Budget.fraction_of_dense(flops, 0.5)
+        alloc = RatioAllocator(flops.group_sizes, [budget], AdmmConfig())
+        z = torch.tensor([0.3, 0.4, 0.5, 0.6])
+        assert _fraction(flops, z) < 0.45
+        alloc.z = [z.clone()]
+        filled = alloc.feasible_ratios()
+        assert _fraction(flops, filled) == pytest.approx(0.5, rel=1e-6)
+        assert budget.is_met(filled.double(), rtol=0.0)
+        shrink = (1 - filled) / (1 - z)  # every pruned fraction scaled by one factor
+        torch.testing.assert_close(shrink, shrink[:1].expand(4), rtol=1e-5, atol=1e-6)
+
+    def test_filling_can_be_switched_off(self, flops: FlopsCost) -> None:
+        alloc = RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.5)], AdmmConfig(fill_budget=False))
+        z = torch.tensor([0.3, 0.4, 0.5, 0.6])
+        alloc.z = [z.clone()]
+        torch.testing.assert_close(alloc.feasible_ratios(), z)
+
+    def test_an_over_budget_z_is_projected_not_filled(self, flops: FlopsCost) -> None:
+        budget = Budget.fraction_of_dense(flops, 0.5)
+        alloc = RatioAllocator(flops.group_sizes, [budget], AdmmConfig())
+        alloc.z = [torch.full((4,), 0.9)]
+        assert budget.is_met(alloc.feasible_ratios().double())
+
+
+def test_state_dict_round_trip_continues_identically(flops: FlopsCost) -> None:
+    budget = Budget.fraction_of_dense(flops, 0.5)
+    pull = torch.tensor([0.2, 0.1, 0.1, 1.0])
+    a = RatioAllocator(flops.group_sizes, [budget], AdmmConfig())
+    _run(a, pull, 10)
+    b = RatioAllocator(flops.group_sizes, [budget], AdmmConfig())
+    b.load_state_dict(a.state_dict())
+    assert _run(a, pull, 5) == _run(b, pull, 5)
+
+
+def test_ratio_step_needs_masks_first(flops: FlopsCost) -> None:
+    alloc = RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.5)], AdmmConfig())
+    with pytest.raises(RuntimeError, match="masks"):
+        alloc.ratio_step(alloc.keep_ratios.sum())

@@ -1,0 +1,173 @@
+"""`hwdsa prune` end to end on real data (scikit-learn digits): the promised outputs, the budget, both flows.
+
+The search itself (budgets, resume of a killed search, DDP ranks agreeing) is tested in tests/dsa/test_search.py;
+here the whole job runs through the CLI's `main` and its artefacts are checked as a user would read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from hwdsa.cli import main
+from hwdsa.counting import count_flops
+from hwdsa.data import load_dataset, make_loader
+from hwdsa.flows import PruneJobConfig
+from hwdsa.surgery import load_pruned
+from hwdsa.training import evaluate
+
+# Tiny but real: 30 digits per class, a few epochs; the whole module runs in a few seconds.
+TINY = ["--data", "digits", "--subset-per-class", "30", "--batch-size", "16", "--search-epochs", "2", "--finetune-epochs", "1"]
+PRETRAINED = [*TINY, "--pretrain-epochs", "3", "--finetune-epochs", "2", "--flops", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], str]:
+    """One pre-trained job shared by the checks below (the expensive part runs once)."""
+    out = tmp_path_factory.mktemp("pretrained") / "run"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["-q", "prune", *PRETRAINED, "--out", str(out)])
+    assert code == 0
+    return out, json.loads((out / "report.json").read_text()), buf.getvalue()
+
+
+class TestPretrainedFlow:
+    def test_writes_the_promised_files_and_no_checkpoint(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        out, _, _ = pretrained
+        assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+            "allocation.csv",
+            "config.json",
+            "pruned.pt",
+            "report.json",
+        ]
+
+    def test_prints_the_result_table(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        _, report, printed = pretrained
+        assert "top-1 accuracy" in printed and "FLOPs (MACs)" in printed and "parameters" in printed
+        assert str(report["pruned"]["flops"]) in printed
+
+    def test_report_has_accuracy_flops_params_and_time(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        _, report, _ = pretrained
+        assert report["flow"] == "pretrained" and report["dataset"] == "digits"
+        for phase in ("dense", "pruned"):
+            assert 0.0 <= report[phase]["accuracy"] <= 1.0
+            assert report[phase]["flops"] > 0 and report[phase]["params"] > 0
+        assert report["dense"]["accuracy"] > 0.3, "three epochs on digits learn something"
+        assert report["pruned"]["params"] < report["dense"]["params"]
+        for key in ("pretrain_s", "search_s", "finetune_s", "total_s"):
+            assert report["timings"][key] > 0
+        assert len(report["search_history"]) == 2
+
+    def test_pruned_flops_are_within_the_budget(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        _, report, _ = pretrained
+        budget = report["budgets"]["flops"]
+        assert budget["fraction_of_dense"] == pytest.approx(0.5)
+        assert report["pruned"]["flops"] <= budget["limit"]
+        assert budget["achieved"] == pytest.approx(report["pruned"]["flops"])
+        assert report["pruned"]["flops_fraction"] > 0.4, "the allocation uses its budget"
+
+    def test_allocation_csv_matches_the_report(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        out, report, _ = pretrained
+        with (out / "allocation.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert list(rows[0]) == ["group", "channels", "kept", "kept_fraction", "keep_ratio", "producers", "consumers"]
+        assert [int(r["kept"]) for r in rows] == report["channels"] and len(rows) == report["groups"]
+        for r in rows:
+            assert 1 <= int(r["kept"]) <= int(r["channels"])
+            assert 0 < float(r["keep_ratio"]) <= 1 and r["producers"]
+
+    def test_pruned_model_reloads_and_reproduces_its_accuracy(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        out, report, _ = pretrained
+        model, plan = load_pruned(out / "pruned.pt")
+        assert list(plan.channels) == report["channels"]
+        splits = load_dataset("digits", subset_per_class=30, seed=0)
+        assert count_flops(model, splits.input_shape) == report["pruned"]["flops"]
+        accuracy = evaluate(model, make_loader(splits.test, 256, train=False, seed=0), torch.device("cpu"))
+        assert accuracy == pytest.approx(report["pruned"]["accuracy"])
+        x, _ = next(iter(make_loader(splits.test, 8, train=False, seed=0)))
+        assert model.eval()(x).shape == (8, 10)
+
+    def test_config_json_reloads_to_the_same_config(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
+        out, _, _ = pretrained
+        cfg = PruneJobConfig.from_dict(json.loads((out / "config.json").read_text()))
+        assert cfg.dataset == "digits" and cfg.subset_per_class == 30 and cfg.pretrain.epochs == 3 and cfg.finetune.epochs == 2
+        assert json.loads(json.dumps(cfg.to_dict())) == json.loads((out / "config.json").read_text())
+
+
+def test_from_scratch_under_two_budgets_with_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["-q", "prune", *TINY, "--from-scratch", "--flops", "0.5", "--params", "0.4", "--json", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert report["flow"] == "from_scratch"
+    assert report["dense"]["accuracy"] is None and "pretrain_s" not in report["timings"]
+    for name in ("flops", "params"):
+        assert report["budgets"][name]["achieved"] <= report["budgets"][name]["limit"]
+    assert report["pruned"]["params_fraction"] <= 0.4 and report["pruned"]["flops_fraction"] <= 0.5
+    model, _ = load_pruned(out / "pruned.pt")
+    assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--flops", "1.5"], r"--flops expects a fraction of the dense cost in \(0, 1\]"),
+        (["--flops", "0.001"], "smallest reachable"),
+        (["--latency", "0.5"], "--latency-table"),
+    ],
+)
+def test_bad_budgets_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], match: str) -> None:
+    code = main(["-q", "prune", *TINY, "--from-scratch", *flags, "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hwdsa prune: error:")
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize("kill_at", ["pretrain 3/3", "search 2/2", "finetune 2/2"])
+def test_a_killed_job_resumes_to_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pretrained: tuple[Path, dict[str, Any], str], kill_at: str
+) -> None:
+    """Kill the job as an epoch of one phase starts (after earlier epochs were checkpointed), rerun with --resume."""
+    import hwdsa.dsa.search
+    import hwdsa.flows
+
+    argv = ["-q", "prune", *PRETRAINED]
+
+    real_epoch, real_tqdm = getattr(hwdsa.flows, "train_epoch"), getattr(hwdsa.dsa.search, "tqdm")  # noqa: B009
+
+    def killing_epoch(*args: Any, desc: str = "", **kwargs: Any) -> float:
+        if desc == kill_at:
+            raise KeyboardInterrupt
+        return float(real_epoch(*args, desc=desc, **kwargs))
+
+    def killing_tqdm(*args: Any, desc: str = "", **kwargs: Any) -> Any:
+        if desc == kill_at:
+            raise KeyboardInterrupt
+        return real_tqdm(*args, desc=desc, **kwargs)
+
+    monkeypatch.setattr(hwdsa.flows, "train_epoch", killing_epoch)
+    monkeypatch.setattr(hwdsa.dsa.search, "tqdm", killing_tqdm)
+    out = tmp_path / "killed"
+    assert main([*argv, "--out", str(out)]) == 1
+    assert (out / "checkpoint.pt").is_file() and not (out / "report.json").exists()
+    monkeypatch.undo()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+
+    straight_dir, straight, _ = pretrained
+    resumed = json.loads((out / "report.json").read_text())
+    assert resumed["channels"] == straight["channels"] and resumed["keep_ratios"] == straight["keep_ratios"]
+    assert resumed["pruned"]["accuracy"] == straight["pruned"]["accuracy"]
+    a, _ = load_pruned(straight_dir / "pruned.pt")
+    b, _ = load_pruned(out / "pruned.pt")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)

@@ -25,7 +25,7 @@ from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, world_size
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
-from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
+from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, channels_within_budgets
 from hwdsa.errors import ConfigError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance
@@ -302,7 +302,8 @@ class PruneJob:
             ratios = list(cfg.fixed_keep_ratios)
             if len(ratios) == 1:
                 ratios = ratios * len(graph.groups)
-            channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            # the baseline keeps its ratios: met, not re-allocated (round_for_budgets may grow groups unevenly)
+            channels = channels_within_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
             history = []
         else:
             ddp = self._wrap(model, device)

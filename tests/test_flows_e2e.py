@@ -171,3 +171,27 @@ def test_a_killed_job_resumes_to_the_same_result(
     b, _ = load_pruned(out / "pruned.pt")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+
+
+def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path) -> None:
+    """The uniform baseline (`fixed_keep_ratios`) prunes every group at its ratio, not re-allocated to fill the budget."""
+    from dataclasses import replace
+
+    from hwdsa.flows import BudgetSpec, PruneJob
+
+    base = PruneJobConfig()
+    cfg = replace(
+        base,
+        dataset="digits",
+        subset_per_class=30,
+        batch_size=16,
+        from_scratch=True,
+        fixed_keep_ratios=(0.5,),
+        budgets=(BudgetSpec("flops", fraction=0.9),),  # loose: a filling rounding would grow the groups
+        finetune=replace(base.finetune, epochs=1),
+    )
+    report = PruneJob(cfg, tmp_path / "run").run()
+    with (tmp_path / "run" / "allocation.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["kept"]) for r in rows] == [max(1, round(0.5 * int(r["channels"]))) for r in rows]
+    assert report["pruned"]["flops_fraction"] < 0.5

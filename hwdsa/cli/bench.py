@@ -74,7 +74,10 @@ def build_report(results: Path) -> Path:
     for md in sorted(results.glob("*.md")):
         if md.name in (REPORT_NAME, "README.md"):
             continue
-        body = md.read_text(encoding="utf-8").strip()
+        # one level below the report's title, whatever level each result starts at
+        lines = md.read_text(encoding="utf-8").strip().splitlines()
+        top = min((len(x) - len(x.lstrip("#")) for x in lines if x.startswith("#")), default=2)
+        body = "\n".join("#" * (2 - top) + x if x.startswith("#") and top < 2 else x for x in lines)
         plots = sorted(p.name for p in results.glob(f"{md.stem}*.png"))
         sections.append("\n\n".join([body, *(f"![{p}]({p})" for p in plots)]))
     if not sections:

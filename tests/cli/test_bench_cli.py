@@ -20,7 +20,7 @@ from pathlib import Path
 def main(argv):
     out = Path(argv[argv.index("--out") + 1])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "toy.md").write_text("## toy\\n\\n| n |\\n|---|\\n| " + argv[-1] + " |\\n")
+    (out / "toy.md").write_text("# toy\\n\\n| n |\\n|---|\\n| " + argv[-1] + " |\\n")
     (out / "toy.png").write_bytes(b"\\x89PNG")
     return 0
 '''
@@ -51,7 +51,7 @@ def test_list_run_and_report(suite: Path, capsys: pytest.CaptureFixture[str]) ->
 
     assert main(["bench", "--benchmarks-dir", str(suite), "--report"]) == 0
     report = (results / "REPORT.md").read_text()
-    assert report.startswith("# hwdsa benchmark report") and "| 42 |" in report and "![toy.png](toy.png)" in report
+    assert report.startswith("# hwdsa benchmark report") and "\n## toy\n" in report and "| 42 |" in report and "![toy.png](toy.png)" in report
 
 
 @pytest.mark.parametrize(

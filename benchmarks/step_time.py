@@ -119,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         "and the amortised ratio step with its held-out forward/backward and projection.",
         "",
         f"CPU cores {result['cpu_affinity']}, {result['torch_threads']} torch thread(s); 1-min load average "
-        f"{load_before:.1f} before, {result['load_average_1min'][1]:.1f} after (other jobs share the core: the "
-        "wall times drift with their load; the process's CPU time does not, so its ratio is the steadier one).",
+        f"{load_before:.1f} before, {result['load_average_1min'][1]:.1f} after (where other jobs "
+        "share the core, wall times drift with their load; the process's CPU time does not, so its ratio is the "
+        "steadier one).",
         "",
         f"Reproduce: `{result['command']}`",
         "",

@@ -53,6 +53,19 @@ def pretrain(args: argparse.Namespace, path: Path) -> float:
     return acc
 
 
+METHODS = {
+    "dsa": "DSA as in the paper: straight-through mask gradient, β2 1→5, ADMM defaults of `AdmmConfig` but `mask_leak=0` (the published estimator).",
+    "uniform": "every group at the one keep ratio that meets the budget, channels by BatchNorm |γ|.",
+    "uniform_long": "uniform, fine-tuned for the search's epochs as well.",
+    "dsa_dropped_only": "dropped channels' slope only (∂m/∂p = 1 − m), β2 1→100 exponential.",
+    "dsa_leaky_st": "dsa with dropped channels at 1e-3 in the ratio step, so the ReLU after the mask passes "
+    "their slope (`mask_leak`).",
+    "dsa_leaky_dropped_only": "dsa_dropped_only with the 1e-3 mask leak.",
+    "dsa_dropped_reweighted": "dropped channels' slope divided by their drop probability (∂m/∂p = (1 − m)/(1 − p), "
+    "unbiased for the slope at m = 0), the 1e-3 mask leak, β2 1→100 exponential.",
+}
+
+
 def run_job(cfg: PruneJobConfig, out: Path) -> dict[str, Any]:
     """A finished job's report when `out` holds one for the same config (a rerun adds seeds), else run it."""
     report_path, config_path = out / "report.json", out / "config.json"
@@ -83,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="runs/bench_dsa_vs_uniform", help="scratch folder for checkpoints")
     p.add_argument("--long-uniform", action="store_true", help="also run uniform fine-tuned for search + fine-tune epochs")
     p.add_argument("--dropped-only", action="store_true", help="also run DSA with the dropped-only mask gradient, β2 1→100")
+    p.add_argument(
+        "--leaky-st",
+        action="store_true",
+        help="also run DSA with the paper's straight-through gradient and a 1e-3 mask leak (otherwise as dsa)",
+    )
+    p.add_argument(
+        "--leaky-dropped-only",
+        action="store_true",
+        help="also run DSA with the dropped-only gradient and a 1e-3 mask leak (the ablation of --reweighted)",
+    )
+    p.add_argument(
+        "--reweighted",
+        action="store_true",
+        help="also run DSA with the dropped-reweighted mask gradient (unbiased slope at m=0) and a 1e-3 mask "
+        "leak (the slope through a ReLU at 0), β2 1→100",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     out, work = Path(args.out), Path(args.work)
@@ -114,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     allocations: dict[str, list[float]] = {}
     methods = {
-        "dsa": base,
+        "dsa": replace(base, admm=AdmmConfig(mask_leak=0.0)),  # the paper's estimator exactly (no leak)
         "uniform": replace(base, fixed_keep_ratios=(ratio,)),
         # The control for DSA's extra training: uniform fine-tuned for the search's epochs too.
         "uniform_long": replace(
@@ -127,6 +156,19 @@ def main(argv: list[str] | None = None) -> int:
         # DSA with the one-sided mask gradient and near-deterministic masks by the end (see hwdsa.dsa.process).
         admm = AdmmConfig(mask_gradient="dropped_only", beta2=Beta2Schedule(1.0, 100.0, "exponential"))
         methods["dsa_dropped_only"] = replace(base, admm=admm)
+    if args.leaky_st:
+        # The paper's estimator with the dropped channels' slope through the ReLU restored (see AdmmConfig.mask_leak).
+        methods["dsa_leaky_st"] = replace(base, admm=AdmmConfig(mask_leak=1e-3))  # hwdsa's default
+    if args.leaky_dropped_only:
+        admm = AdmmConfig(mask_gradient="dropped_only", mask_leak=1e-3, beta2=Beta2Schedule(1.0, 100.0, "exponential"))
+        methods["dsa_leaky_dropped_only"] = replace(base, admm=admm)
+    if args.reweighted:
+        # The same settings with the dropped side reweighted by 1/(1 − p) (see hwdsa.dsa.process.sample_masks)
+        # and dropped channels leaking 1e-3 in the ratio step, so a ReLU after the mask passes their slope.
+        admm = AdmmConfig(
+            mask_gradient="dropped_reweighted", mask_leak=1e-3, beta2=Beta2Schedule(1.0, 100.0, "exponential")
+        )
+        methods["dsa_dropped_reweighted"] = replace(base, admm=admm)
     for seed in args.seeds:
         for method, method_cfg in methods.items():
             _log.info("seed %d: %s", seed, method)
@@ -192,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "",
         f"Compute: {result['compute_seconds'] / 60:.1f} min in all, pre-training {pretrained['seconds'] / 60:.1f} min "
-        "(one core shared with other jobs).",
+        "(each run on one CPU core, at times shared with other jobs).",
         "",
         "| method | mean top-1 | std | min | max | FLOPs fraction |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -202,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {method} | {s['mean_accuracy']:.4f} | {s['std_accuracy']:.4f} | {s['min_accuracy']:.4f} | "
             f"{s['max_accuracy']:.4f} | {s['mean_flops_fraction']:.3f} |"
         )
+    md += ["", "Methods:", *[f"- {m}: {METHODS[m]}" for m in summary if m in METHODS]]
     md += ["", f"Reproduce: `{result['command']}`", ""]
     write_text_atomic(out / "dsa_vs_uniform.md", "\n".join(md))
     _plot(out / "dsa_vs_uniform.png", rows, allocations, summary, args)
@@ -223,14 +266,17 @@ def _plot(path: Path, rows: list[dict[str, Any]], allocations: dict[str, list[fl
         accs = [r["accuracy"] for r in rows if r["method"] == m]
         ax1.bar(i, summary[m]["mean_accuracy"], yerr=summary[m]["std_accuracy"], capsize=6, color=f"C{i}", alpha=0.8)
         ax1.scatter([i] * len(accs), accs, color="k", zorder=3, s=12)
-    ax1.set_xticks(range(len(methods)), methods)
+    ax1.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
     lo = min(r["accuracy"] for r in rows)
     ax1.set_ylim(max(0.0, lo - 0.05), None)
     ax1.set_ylabel("test top-1 after fine-tuning")
     ax1.set_title(f"FLOPs ≤ {args.flops:.0%}: mean ± std over {len(args.seeds)} seeds")
     for name, alloc in allocations.items():
+        method = name.rsplit("_seed", 1)[0]
         style = "-" if name.startswith("dsa") else "--"  # uniform runs overlap: one ratio for every seed
-        ax2.plot(range(len(alloc)), alloc, style, marker="o", ms=3, label=name, alpha=0.8)
+        first = next(n for n in allocations if n.rsplit("_seed", 1)[0] == method) == name  # one legend entry per method
+        color = f"C{methods.index(method)}" if method in methods else None
+        ax2.plot(range(len(alloc)), alloc, style, marker="o", ms=3, color=color, label=method if first else None, alpha=0.7)
     ax2.set_xlabel("channel group (execution order)")
     ax2.set_ylabel("kept fraction of channels")
     ax2.set_title("allocation per group")

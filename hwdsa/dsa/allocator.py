@@ -42,7 +42,16 @@ class AdmmConfig:
             little lag to unwind when the limit stops moving). Without it the ADMM transient (z jumps to the
             budget, the dual integrates the gap) drives the ratios far below the budget within a few steps,
             and that transient, not the task gradient, fixes the allocation.
-        mask_gradient: "straight_through" (the paper's) or "dropped_only" (see `sample_masks`).
+        mask_gradient: "straight_through" (the paper's), "dropped_only" or "dropped_reweighted" (see
+            `sample_masks`).
+        mask_leak: the value a dropped channel keeps in the masks the ratio step differentiates (not in the
+            weight steps' masks). The mask sits before the activation (as in the authors' code), and
+            PyTorch's ReLU has zero gradient at 0, so with a dropped channel at exactly 0 its slope ∂L/∂m,
+            the effect of adding it back, is lost wherever a ReLU follows the mask (every block-internal
+            group of a ResNet): the dropped side of every estimator is then zero there. ReLU is positively
+            homogeneous, relu(b·m) = m·relu(b) for m ≥ 0, so the slope wanted is the one from the right,
+            which a small positive value (e.g. 1e-3) recovers while changing the forward pass by that
+            fraction of the dropped channels only. 0 reproduces the authors' estimator; the default 1e-3 is what lets DSA beat uniform pruning in benchmarks/results/dsa_vs_uniform.md.
         fill_budget: when the search ends below a budget (the task gradient of groups that matter little is
             mostly noise, so their ratios can drift down freely), scale every group's pruned fraction by one
             factor until a budget binds: an unused budget is accuracy given away.
@@ -59,6 +68,7 @@ class AdmmConfig:
     budget_warmup: float = 0.5
     fill_budget: bool = True
     mask_gradient: str = "straight_through"
+    mask_leak: float = 1e-3
 
     def __post_init__(self) -> None:
         if not self.rho > 0:
@@ -71,6 +81,8 @@ class AdmmConfig:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}")
         if not 0 <= self.budget_warmup < 1:
             raise ConfigError(f"budget_warmup is a fraction of the search in [0, 1); got {self.budget_warmup}")
+        if not 0 <= self.mask_leak < 0.1:
+            raise ConfigError(f"mask_leak is a small value in [0, 0.1) (e.g. 1e-3); got {self.mask_leak}")
         if self.mask_gradient not in MASK_GRADIENTS:
             raise ConfigError(f"unknown mask_gradient {self.mask_gradient!r}; valid: {', '.join(MASK_GRADIENTS)}")
 
@@ -194,12 +206,18 @@ class RatioAllocator:
         return p, valid
 
     def masks(self, importance: Sequence[Tensor], beta2: float, generator: torch.Generator | None = None) -> list[Tensor]:
-        """Bernoulli masks per group with straight-through gradients to α (one [C_g] vector per group)."""
+        """Bernoulli masks per group with straight-through gradients to α (one [C_g] vector per group).
+
+        Under autograd (the ratio step's masks) a dropped channel carries `mask_leak` instead of 0; under
+        `torch.no_grad()` (the weight steps' masks) masks are exactly 0/1.
+        """
         imp, valid = pad_importance([t.to(self.device) for t in importance])
         alpha = self.keep_ratios
         self._alpha = alpha
         p = keep_probabilities(imp, valid, alpha, beta2, floor=self.config.floor)
         m = sample_masks(p, generator=generator, gradient=self.config.mask_gradient)
+        if self.config.mask_leak > 0 and torch.is_grad_enabled():
+            m = m + self.config.mask_leak * (1 - m.detach())
         return [m[g, :c] for g, c in enumerate(self.group_sizes)]
 
     def eval_masks(self, importance: Sequence[Tensor], ratios: Tensor | None = None) -> list[Tensor]:

@@ -276,7 +276,32 @@ class _DroppedOnlyBernoulli(torch.autograd.Function):
         return grad_m * (1 - m), None
 
 
-MASK_GRADIENTS = ("straight_through", "dropped_only")
+class _DroppedReweightedBernoulli(torch.autograd.Function):
+    """m ~ Bernoulli(p) forward, ∂m/∂p = (1 − m)/(1 − p) backward: the dropped channels' slope, reweighted
+    by the inverse probability of being dropped, so its expectation is the slope at m_c = 0 itself."""
+
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, generator: torch.Generator | None) -> Tensor:
+        m = torch.bernoulli(p.detach(), generator=generator)
+        ctx.save_for_backward(m, p.detach())
+        return m
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_m: Tensor) -> tuple[Tensor, None]:
+        m, p = ctx.saved_tensors
+        # A dropped channel had p < 1; p = 1 is never dropped, so the clamp only guards 0/0 at kept channels.
+        weight = (1 - m) / (1 - p).clamp_min(_MIN_DROP_PROBABILITY)
+        return grad_m * weight, None
+
+
+_MIN_DROP_PROBABILITY = 1e-6
+MASK_GRADIENTS = ("straight_through", "dropped_only", "dropped_reweighted")
+_MASK_FUNCTIONS = {
+    "straight_through": _StraightThroughBernoulli,
+    "dropped_only": _DroppedOnlyBernoulli,
+    "dropped_reweighted": _DroppedReweightedBernoulli,
+}
 
 
 def sample_masks(p: Tensor, generator: torch.Generator | None = None, gradient: str = "straight_through") -> Tensor:
@@ -287,6 +312,17 @@ def sample_masks(p: Tensor, generator: torch.Generator | None = None, gradient: 
     next to the classifier, measures over-confidence on held-out data; a dropped channel's ∂L/∂m is the
     first-order effect of adding it back, the quantity the expected loss needs. On CIFAR ResNet-20 the
     two-sided estimator pushed the last stage's residual group to the floor ratio within a few steps.
+
+    `gradient="dropped_reweighted"` divides that term by the drop probability (∂m/∂p = (1 − m)/(1 − p)).
+    ∂E[L]/∂p_c = E[L(m_c = 1) − L(m_c = 0)], whose first-order estimate from the dropped side is the slope
+    at m_c = 0; dropped-only estimates (1 − p_c) times it, so a channel that is rarely dropped passes little
+    signal. The reweighted estimator is unbiased for the slope at 0 (the other channels' masks are
+    independent of m_c), at the price of more variance where p is near 1; the implicit gradient weights
+    those channels little. On CIFAR ResNet-20 it measured no better than dropped-only (benchmarks/results/
+    dsa_vs_uniform.md). With a BatchNorm downstream in training mode, the loss is invariant to the joint
+    scale of a group's kept channels, so their slopes cancel (Σ_kept m_c ∂L/∂m_c = 0) and carry no removal
+    signal. Where a ReLU follows the mask, a dropped channel's slope is 0 unless the ratio step's masks
+    leak (`AdmmConfig.mask_leak`): without it both dropped-side estimators pass nothing there.
 
     Pass a `torch.Generator` on p's device seeded identically on every DDP rank, so that every rank draws
     the same masks (the masks are shared by the whole batch, as in the paper).
@@ -313,8 +349,7 @@ def sample_masks(p: Tensor, generator: torch.Generator | None = None, gradient: 
         )
     if gradient not in MASK_GRADIENTS:
         raise ConfigError(f"unknown mask gradient {gradient!r}; valid: {', '.join(MASK_GRADIENTS)}")
-    fn = _StraightThroughBernoulli if gradient == "straight_through" else _DroppedOnlyBernoulli
-    m: Tensor = fn.apply(p, generator)
+    m: Tensor = _MASK_FUNCTIONS[gradient].apply(p, generator)
     return m
 
 

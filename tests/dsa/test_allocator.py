@@ -54,7 +54,7 @@ class TestBudgetWarmup:
         assert warm[-1] == pytest.approx(0.5, abs=0.01)
 
     def test_rejects_an_unknown_mask_gradient(self) -> None:
-        with pytest.raises(ConfigError, match="mask_gradient 'both'; valid: straight_through, dropped_only"):
+        with pytest.raises(ConfigError, match="mask_gradient 'both'; valid: straight_through, dropped_only, dropped_reweighted"):
             AdmmConfig(mask_gradient="both")
 
     @pytest.mark.parametrize("warmup", [-0.1, 1.0, 1.5])
@@ -103,3 +103,37 @@ def test_ratio_step_needs_masks_first(flops: FlopsCost) -> None:
     alloc = RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.5)], AdmmConfig())
     with pytest.raises(RuntimeError, match="masks"):
         alloc.ratio_step(alloc.keep_ratios.sum())
+
+
+class TestMaskLeak:
+    """A ReLU right after the mask site has zero gradient at 0: without the leak a dropped channel's slope is lost."""
+
+    def _alpha_grad(self, flops: FlopsCost, leak: float, gradient: str) -> torch.Tensor:
+        config = AdmmConfig(mask_gradient=gradient, mask_leak=leak, initial_logit=0.0)
+        alloc = RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.5)], config)
+        gen = torch.Generator().manual_seed(0)
+        importance = [torch.rand(c, generator=gen) + 0.1 for c in flops.group_sizes]
+        masks = alloc.masks(importance, 1.0, torch.Generator().manual_seed(0))
+        assert all(0 < int((m < 0.5).sum()) < m.numel() for m in masks)
+        # Positive pre-activations: adding any channel back lowers this loss, so ∂L/∂α < 0 for every group.
+        loss = -torch.stack([torch.relu((torch.rand(8, m.numel(), generator=gen) + 0.1) * m).sum() for m in masks]).sum()
+        assert alloc._alpha is not None
+        (grad,) = torch.autograd.grad(loss, [alloc._alpha])
+        return grad
+
+    @pytest.mark.parametrize("gradient", ["dropped_only", "dropped_reweighted"])
+    def test_dropped_side_is_zero_without_the_leak_and_recovered_with_it(self, flops: FlopsCost, gradient: str) -> None:
+        assert torch.equal(self._alpha_grad(flops, 0.0, gradient), torch.zeros(len(flops.group_sizes)))
+        assert bool((self._alpha_grad(flops, 1e-3, gradient) < 0).all())
+
+    def test_weight_step_masks_stay_binary(self, flops: FlopsCost) -> None:
+        config = AdmmConfig(mask_leak=1e-3, initial_logit=0.0)
+        alloc = RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.5)], config)
+        with torch.no_grad():
+            masks = alloc.masks([torch.rand(c) + 0.1 for c in flops.group_sizes], 1.0, torch.Generator().manual_seed(0))
+        assert set(torch.cat(masks).unique().tolist()) == {0.0, 1.0}
+
+    @pytest.mark.parametrize("leak", [-1e-3, 0.1, 1.0])
+    def test_rejects_a_leak_out_of_range(self, leak: float) -> None:
+        with pytest.raises(ConfigError, match="mask_leak"):
+            AdmmConfig(mask_leak=leak)

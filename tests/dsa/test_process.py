@@ -255,8 +255,38 @@ class TestSampling:
         assert p.grad is not None and 0 < int((m == 0).sum()) < m.numel()
         torch.testing.assert_close(p.grad, w * (1 - m), rtol=0, atol=0)
 
+    def test_dropped_reweighted_gradient_divides_by_the_drop_probability(self) -> None:
+        p = torch.rand(3, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        w = torch.randn(p.shape, dtype=torch.float64)
+        m = sample_masks(p, torch.Generator().manual_seed(0), gradient="dropped_reweighted")
+        assert torch.equal(m, sample_masks(p.detach(), torch.Generator().manual_seed(0)))  # the same draw
+        (m * w).sum().backward()
+        assert p.grad is not None and 0 < int((m == 0).sum()) < m.numel()
+        torch.testing.assert_close(p.grad, w * (1 - m) / (1 - p.detach()))
+
+    def test_dropped_reweighted_is_unbiased_for_the_slope_at_zero_where_dropped_only_shrinks_it(self) -> None:
+        # L(m) = Σ a·m + q·m² has slope a at m = 0 and a + 2q at m = 1, where straight-through looks.
+        a = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+        q = torch.tensor([-4.0, 1.0, 2.0, -1.0], dtype=torch.float64)
+        p0 = torch.tensor([0.3, 0.6, 0.9, 0.97], dtype=torch.float64)
+        mean = {}
+        for kind in ("dropped_reweighted", "dropped_only"):
+            p = p0.expand(20000, 4).clone().requires_grad_(True)
+            m = sample_masks(p, torch.Generator().manual_seed(3), gradient=kind)
+            (a * m + q * m * m).sum().backward()
+            assert p.grad is not None
+            mean[kind] = p.grad.mean(0)
+        torch.testing.assert_close(mean["dropped_reweighted"], a, rtol=0, atol=0.25)
+        torch.testing.assert_close(mean["dropped_only"], (1 - p0) * a, rtol=0, atol=0.05)
+
+    def test_dropped_reweighted_is_finite_where_a_channel_is_certain(self) -> None:
+        p = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64, requires_grad=True)
+        (sample_masks(p, torch.Generator().manual_seed(0), gradient="dropped_reweighted") * 2.0).sum().backward()
+        assert p.grad is not None and bool(torch.isfinite(p.grad).all())
+        assert p.grad[0] == 0 and p.grad[1] == 2.0
+
     def test_unknown_mask_gradient_lists_the_valid_ones(self) -> None:
-        with pytest.raises(ConfigError, match="straight_through, dropped_only"):
+        with pytest.raises(ConfigError, match="straight_through, dropped_only, dropped_reweighted"):
             sample_masks(torch.full((2,), 0.5), gradient="reinforce")
 
     def test_gradient_reaches_the_keep_ratios_through_the_masks(self) -> None:

@@ -27,7 +27,8 @@ from .base import TimingProtocol
 from .tablefile import partial_path
 
 
-def _protocol_args(p: argparse.ArgumentParser) -> None:
+def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
+    """The timing-protocol flags (read them with `protocol_from_args`)."""
     d = TimingProtocol()
     g = p.add_argument_group("timing protocol")
     g.add_argument("--warmup", type=int, default=d.warmup, help=f"discarded runs first (default {d.warmup})")
@@ -43,17 +44,28 @@ def _protocol_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _backend_args(p: argparse.ArgumentParser, *, default: str | None) -> None:
-    p.add_argument("--backend", required=default is None, default=default, help="backend name (see list-backends)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (CPU backends; default: the library's)")
-    p.add_argument("--device", type=int, default=None, help="GPU index (CUDA backends; default 0)")
+def add_backend_option_arguments(p: argparse.ArgumentParser, *, from_table: bool = False) -> None:
+    """--threads, --device, --backend-option (read them with `backend_options_from_args`); `from_table`:
+    unset flags fall back to what the table being calibrated recorded (`hwdsa fit`)."""
+    if from_table:
+        threads, device, option = "default: the ones the table was measured with", "", " (default: the table's)"
+    else:
+        threads, device, option = "CPU backends; default: the library's", "; default 0", ""
+    p.add_argument("--threads", type=int, default=None, help=f"intra-op threads ({threads})")
+    p.add_argument("--device", type=int, default=None, help=f"GPU index (CUDA backends{device})")
     p.add_argument(
         "--backend-option", action="append", default=[], metavar="KEY=VALUE",
-        help="another backend option, VALUE as JSON (e.g. workspace_bytes=2147483648); repeatable",
+        help=f"another backend option{option}, VALUE as JSON (e.g. workspace_bytes=2147483648); repeatable",
     )  # fmt: skip
+
+
+def add_backend_arguments(p: argparse.ArgumentParser, *, default: str | None) -> None:
+    """--backend and its options, --out, --no-resume and the timing protocol (the agent's and `hwdsa profile`'s)."""
+    p.add_argument("--backend", required=default is None, default=default, help="backend name (see list-backends)")
+    add_backend_option_arguments(p)
     p.add_argument("--out", required=True, help="the latency table to write (.csv)")
     p.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
-    _protocol_args(p)
+    add_protocol_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common], help="time a bundle's ONNX layers on this device (the edge agent)")
     p.add_argument("bundle", help="bundle directory made on the host by `bundle`")
-    _backend_args(p, default="onnxruntime")
+    add_backend_arguments(p, default="onnxruntime")
 
     p = sub.add_parser("bundle", parents=[common], help="host: export a specs file's layers to a bundle for a board (needs torch)")
     p.add_argument("specs", help="specs file (JSON, from hwdsa.profilers.write_specs)")
@@ -82,11 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("profile", parents=[common], help="host: measure a specs file's layers with any backend")
     p.add_argument("specs", help="specs file (JSON, from hwdsa.profilers.write_specs)")
-    _backend_args(p, default=None)
+    add_backend_arguments(p, default=None)
     return parser
 
 
-def _protocol(args: argparse.Namespace) -> TimingProtocol:
+def protocol_from_args(args: argparse.Namespace) -> TimingProtocol:
     try:
         return TimingProtocol(
             warmup=args.warmup,
@@ -99,7 +111,7 @@ def _protocol(args: argparse.Namespace) -> TimingProtocol:
         raise ConfigError(str(exc)) from None
 
 
-def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+def backend_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if args.threads is not None:
         options["num_threads"] = args.threads
@@ -157,10 +169,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .bundle import read_bundle, run_bundle
 
     bundle = read_bundle(args.bundle)
-    protocol = _protocol(args)
+    protocol = protocol_from_args(args)
     with _redirect_progress():
         items = run_bundle(
-            bundle, args.backend, protocol, out_path=args.out, resume=not args.no_resume, **_backend_options(args)
+            bundle, args.backend, protocol, out_path=args.out, resume=not args.no_resume, **backend_options_from_args(args)
         )
     print(_summary(args.out, len(items)))
     return 0
@@ -181,18 +193,12 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from .specs import read_specs
 
     specs = read_specs(args.specs)
-    backend = get_backend(args.backend, **_backend_options(args))
+    backend = get_backend(args.backend, **backend_options_from_args(args))
     with _redirect_progress():
-        items = profile_specs(specs, backend, _protocol(args), out_path=args.out, resume=not args.no_resume)
+        items = profile_specs(specs, backend, protocol_from_args(args), out_path=args.out, resume=not args.no_resume)
     print(_summary(args.out, len(items)))
     return 0
 
-
-# The host CLI (`hwdsa profile`, `hwdsa fit`) takes the same backend and timing flags as the agent.
-add_backend_arguments = _backend_args
-add_protocol_arguments = _protocol_args
-protocol_from_args = _protocol
-backend_options_from_args = _backend_options
 
 _COMMANDS = {"list-backends": _cmd_list, "run": _cmd_run, "bundle": _cmd_bundle, "profile": _cmd_profile}
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hwdsa.cli.profile import add_model_arguments
-    from hwdsa.profilers.__main__ import add_protocol_arguments
+    from hwdsa.profilers.__main__ import add_backend_option_arguments, add_protocol_arguments
 
     p.add_argument("table", help="latency table (.csv from `hwdsa profile`)")
     add_model_arguments(p)
@@ -35,12 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ceil:16 for ONNX Runtime's NCHWc kernels on AVX-512); stored with the table (default: the table's, else linear)",
     )  # fmt: skip
     p.add_argument("--method", default="huber", choices=["huber", "linear"], help="regression of the calibration (default huber)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the ones the table was measured with)")
-    p.add_argument("--device", type=int, default=None, help="GPU index (CUDA backends)")
-    p.add_argument(
-        "--backend-option", action="append", default=[], metavar="KEY=VALUE",
-        help="another backend option (default: the table's), VALUE as JSON; repeatable",
-    )  # fmt: skip
+    add_backend_option_arguments(p, from_table=True)
     p.add_argument("--out", help="where to write the calibrated table (default: overwrite TABLE)")
     p.add_argument("--no-calibrate", action="store_true", help="only check that the table prices the model (no timing)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")

@@ -112,6 +112,7 @@ class TableMeta:
                 raise TableError(f"table metadata: {name!r} must be a JSON object; got {type(value).__name__}")
             # Own a deep copy, so a caller mutating its dict cannot change a frozen record.
             object.__setattr__(self, name, copy.deepcopy(dict(value)))
+        _ = self.channel_multiple  # refuse a malformed value on load, not at first use
 
     def to_json(self, rows: int) -> dict[str, Any]:
         """The metadata object of the file header (with the row count the reader checks)."""
@@ -158,6 +159,17 @@ class TableMeta:
             extra={k: v for k, v in obj.items() if k not in _KNOWN_META},
             schema_version=version,
         )
+
+    @property
+    def channel_multiple(self) -> int:
+        """The channel alignment the backend's fast kernels need (``"channel_multiple"``; 1 when absent).
+
+        See `hwdsa.profilers.Backend.channel_multiple`: calibration and rounding stay on this lattice.
+        """
+        value = self.extra.get("channel_multiple", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TableError(f"table metadata: 'channel_multiple' must be a positive integer; got {value!r}")
+        return value
 
     def describe(self) -> str:
         """One line naming the conditions, for messages."""

@@ -27,6 +27,7 @@ from .backend import register_backend as register_backend
 from .base import LayerSpec as LayerSpec
 from .base import Measurement as Measurement
 from .base import TimingProtocol as TimingProtocol
+from .base import quietest as quietest
 from .bundle import Bundle as Bundle
 from .bundle import read_bundle as read_bundle
 from .bundle import run_bundle as run_bundle
@@ -58,6 +59,7 @@ __all__ = [
     "make_meta",
     "measure_network",
     "profile_specs",
+    "quietest",
     "read_bundle",
     "read_specs",
     "read_table",

@@ -42,6 +42,11 @@ def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
         "--min-run-ms", type=float, default=d.min_run_ms,
         help=f"shorter runs are repeated inside one sample (default {d.min_run_ms} ms)",
     )  # fmt: skip
+    g.add_argument(
+        "--rounds", type=int, default=d.rounds,
+        help="measurements at different times, the quietest (lowest median) kept: passes over the table when "
+        f"profiling, interleaved rounds over the networks when calibrating (default {d.rounds})",
+    )  # fmt: skip
 
 
 def add_backend_option_arguments(p: argparse.ArgumentParser, *, from_table: bool = False) -> None:
@@ -106,6 +111,7 @@ def protocol_from_args(args: argparse.Namespace) -> TimingProtocol:
             max_rel_iqr=args.max_rel_iqr,
             max_attempts=args.max_attempts,
             min_run_ms=args.min_run_ms,
+            rounds=args.rounds,
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

@@ -30,7 +30,7 @@ from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError
 
 from ._compat import override
-from .base import LayerSpec, Measurement, TimingProtocol, time_callable, time_samples
+from .base import LayerSpec, Measurement, TimingProtocol, quietest, time_callable, time_samples
 from .device import cpu_description
 from .specs import input_shape as spec_input_shape
 from .specs import spec_label
@@ -111,6 +111,16 @@ class Backend(ABC):
         """The settings that change latency (threads, providers, CUDA graphs), for the table's metadata."""
         return {}
 
+    @property
+    def channel_multiple(self) -> int:
+        """The channel alignment this backend's fast kernels need (1: any count runs as fast as its size says).
+
+        Recorded with the table (`"channel_multiple"`): calibration draws its random prunings on this
+        lattice and `hwdsa prune` rounds counts to it, because off-lattice counts fall back to slower
+        kernels that a table sampled on the lattice does not price.
+        """
+        return 1
+
     def versions(self) -> dict[str, str]:
         """Versions of the libraries that produced the timings (recorded in the table's metadata)."""
         return {"python": platform.python_version(), "hwdsa": __version__}
@@ -153,10 +163,19 @@ class Backend(ABC):
 
     @staticmethod
     def time_session(session: Session, protocol: TimingProtocol | None = None) -> Measurement:
-        """Apply the timing protocol to a prepared session (device timer when it has one)."""
-        if session.has_device_timer:
-            return time_samples(session.device_sample, protocol)
-        return time_callable(session.run_once, protocol, synchronize=session.synchronize)
+        """Apply the timing protocol to a prepared session (device timer when it has one).
+
+        The protocol's rounds run back to back here, and the quietest is kept; runs over many items
+        interleave them instead (`profile_specs`, `hwdsa.lut.network.measure_pruned`).
+        """
+        p = protocol or TimingProtocol()
+        rounds = []
+        for _ in range(p.rounds):
+            if session.has_device_timer:
+                rounds.append(time_samples(session.device_sample, p))
+            else:
+                rounds.append(time_callable(session.run_once, p, synchronize=session.synchronize))
+        return quietest(rounds)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
@@ -199,13 +218,12 @@ class OnnxBackend(Backend):
     ) -> AbstractContextManager[Session]:
         """Prepare the graph in `onnx_path` for timing; `input_shape` fixes dynamic input dimensions."""
 
-    @override
     @contextlib.contextmanager
-    def session(self, spec: LayerSpec) -> Iterator[Session]:
+    def onnx_file(self, spec: LayerSpec) -> Iterator[Path]:
+        """The ONNX file of `spec`: the bundle's, or one exported with torch to a temporary file."""
         path = self.onnx_files.get(spec)
         if path is not None:
-            with self.onnx_session(path, precision=spec.precision, input_shape=spec_input_shape(spec)) as s:
-                yield s
+            yield path
             return
         try:
             from .layers import onnx_from_spec
@@ -215,8 +233,13 @@ class OnnxBackend(Backend):
                 "the host (`python -m hwdsa.profilers bundle`) and run it here (`python -m hwdsa.profilers run`)"
             ) from exc
         with tempfile.TemporaryDirectory(prefix="hwdsa-layer-") as tmp:
-            onnx_path = onnx_from_spec(spec, Path(tmp) / "layer.onnx")
-            with self.onnx_session(onnx_path, precision=spec.precision, input_shape=spec_input_shape(spec)) as s:
+            yield onnx_from_spec(spec, Path(tmp) / "layer.onnx")
+
+    @override
+    @contextlib.contextmanager
+    def session(self, spec: LayerSpec) -> Iterator[Session]:
+        with self.onnx_file(spec) as path:
+            with self.onnx_session(path, precision=spec.precision, input_shape=spec_input_shape(spec)) as s:
                 yield s
 
     @override

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -148,6 +148,13 @@ class TimingProtocol:
     and the quietest attempt is kept, flagged `noisy` if even that one was over the limit.
     A timed run shorter than `min_run_ms` is repeated `inner` times inside one sample, so the timer's
     resolution and Python overhead do not dominate sub-microsecond kernels.
+
+    A latency is the *quietest* of `rounds` such measurements taken at different times (the one with
+    the lowest median; see `quietest`). On a shared or virtualised machine the latency level moves in
+    windows of seconds (other tenants' load on shared caches and memory: +25-40% was seen on this
+    project's 2-vCPU VM), which a median inside one measurement cannot see. Runs that measure many
+    items interleave the rounds (`profile_specs` makes `rounds` passes over the table,
+    `hwdsa.lut.network.measure_pruned` round-robins its networks), so each item gets several windows.
     """
 
     warmup: int = 10
@@ -155,13 +162,26 @@ class TimingProtocol:
     max_rel_iqr: float = 0.10
     max_attempts: int = 3
     min_run_ms: float = 0.2
+    rounds: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.warmup < 0 or self.repeats < 3 or self.max_attempts < 1:
-            raise ValueError("TimingProtocol needs warmup >= 0, repeats >= 3 and max_attempts >= 1")
+        if self.warmup < 0 or self.repeats < 3 or self.max_attempts < 1 or self.rounds < 1:
+            raise ValueError("TimingProtocol needs warmup >= 0, repeats >= 3, max_attempts >= 1 and rounds >= 1")
         if not self.max_rel_iqr > 0:
             raise ValueError("TimingProtocol.max_rel_iqr must be positive")
+
+
+def quietest(measurements: Iterable[Measurement]) -> Measurement:
+    """The measurement of the quietest round: the lowest median (see `TimingProtocol.rounds`).
+
+    Contention only ever adds time, so across rounds the lowest median is the one least disturbed;
+    its quartiles, noise flag and load average are kept with it.
+    """
+    ms = list(measurements)
+    if not ms:
+        raise ValueError("quietest() needs at least one measurement")
+    return min(ms, key=lambda m: m.median_ms)
 
 
 def _quartiles(samples: list[float]) -> tuple[float, float, float]:

@@ -13,8 +13,10 @@ finished (ONNX Runtime synchronises its providers at the end of a run), so wall-
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +25,9 @@ from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 
 from ._compat import override
 from .backend import OnnxBackend, Session, check_threads
-from .base import LayerSpec
+from .base import LayerSpec, Measurement, TimingProtocol
+from .specs import input_shape as spec_input_shape
+from .specs import spec_label
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +48,29 @@ _INSTALL = "pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA and TensorRT 
 # allow it: a layer timed alone then pays reorders a network pays once, so per-layer times stop adding up.
 # "extended" stops before it (Conv+BN folding and Conv+activation fusion still happen).
 OPT_LEVELS = ("disabled", "basic", "extended", "all")
+# What a layer timing does with the NCHWc layout reorders around an isolated layer (see `_OrtBackend.measure`).
+BOUNDARY_REORDERS = ("subtract", "keep")
+_REORDER_OPS = frozenset({"ReorderInput", "ReorderOutput"})
+
+
+def nchwc_block_size() -> int:
+    """Channels per block of ONNX Runtime's NCHWc CPU kernels on this machine (its MLAS library).
+
+    16 where the CPU (and OS) run AVX-512, 8 on other x86-64 (AVX2), 1 elsewhere (no NCHWc
+    transformer). Read from numpy's runtime CPU-feature detection, which the board has too.
+    """
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return 1
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return 16  # unknown: multiples of 16 are aligned for AVX2 and AVX-512 alike
+    return 16 if features.get("AVX512F") else 8
 
 
 def _import_ort() -> Any:
@@ -64,6 +91,10 @@ class _OrtSession(Session):
     def run_once(self) -> None:
         self._session.run_with_iobinding(self._binding)
 
+    def end_profiling(self) -> str:
+        """Stop ONNX Runtime's profiler (a session made with a profile prefix) and return its JSON file."""
+        return str(self._session.end_profiling())
+
 
 class _OrtBackend(OnnxBackend):
     """Common code of the ONNX Runtime backends; subclasses name their provider."""
@@ -79,11 +110,15 @@ class _OrtBackend(OnnxBackend):
         provider_options: Mapping[str, Any] | None = None,
         onnx_files: Mapping[LayerSpec, str | os.PathLike[str]] | None = None,
         graph_optimization_level: str = "all",
+        boundary_reorders: str = "subtract",
     ) -> None:
         super().__init__(onnx_files=onnx_files)
         if graph_optimization_level not in OPT_LEVELS:
             raise ConfigError(f"graph_optimization_level must be one of {OPT_LEVELS}; got {graph_optimization_level!r}")
+        if boundary_reorders not in BOUNDARY_REORDERS:
+            raise ConfigError(f"boundary_reorders must be one of {BOUNDARY_REORDERS}; got {boundary_reorders!r}")
         self.graph_optimization_level = graph_optimization_level
+        self.boundary_reorders = boundary_reorders
         self.num_threads = check_threads(num_threads)
         if isinstance(device, bool) or not isinstance(device, int) or device < 0:
             raise ConfigError(f"device must be a device index >= 0; got {device!r}")
@@ -114,7 +149,92 @@ class _OrtBackend(OnnxBackend):
             opts["provider_options"] = dict(self.provider_options)
         if self.graph_optimization_level != "all":  # the default stays out, so older tables keep their identity
             opts["graph_optimization_level"] = self.graph_optimization_level
+        if self._subtracts_reorders:
+            opts["boundary_reorders"] = self.boundary_reorders
         return opts
+
+    @property
+    def _subtracts_reorders(self) -> bool:
+        """Whether layer timings drop the NCHWc layout reorders at the isolated layer's graph boundary."""
+        return (
+            self.boundary_reorders == "subtract"
+            and self.provider == "CPUExecutionProvider"
+            and self.graph_optimization_level == "all"
+        )
+
+    @override
+    def measure(self, spec: LayerSpec, protocol: TimingProtocol | None = None) -> Measurement:
+        """The layer's wall-clock latency, less the layout reorders its isolation adds (CPU provider, level "all").
+
+        ONNX Runtime's NCHWc transformer wraps a convolution timed alone in a ReorderInput (NCHW →
+        blocked) and a ReorderOutput (back); inside a network whose counts are on the channel lattice,
+        consecutive convolutions stay blocked and pay neither (one ReorderOutput before the classifier
+        remains, a fixed cost). Their share is read from ONNX Runtime's own profiler in a pass right
+        after the timing and subtracted, so per-layer times add up to the network's.
+        """
+        if not self._subtracts_reorders:
+            return super().measure(spec, protocol)
+        self.check_spec(spec)
+        with self.onnx_file(spec) as path:
+            shape = spec_input_shape(spec)
+            with self.onnx_session(path, precision=spec.precision, input_shape=shape) as session:
+                m = self.time_session(session, protocol)
+            reorder_ms = self.boundary_reorder_ms(path, precision=spec.precision, input_shape=shape)
+        if reorder_ms <= 0.0:
+            return m
+        if reorder_ms >= 0.9 * m.min_ms:  # the two passes saw different machine states; keep the timing
+            _log.warning(
+                "%s: layout reorders (%.4g ms) take nearly all of the fastest run (%.4g ms); not subtracted",
+                spec_label(spec), reorder_ms, m.min_ms,
+            )  # fmt: skip
+            return m
+        return dataclasses.replace(
+            m,
+            median_ms=m.median_ms - reorder_ms,
+            q1_ms=m.q1_ms - reorder_ms,
+            q3_ms=m.q3_ms - reorder_ms,
+            min_ms=m.min_ms - reorder_ms,
+        )
+
+    def boundary_reorder_ms(
+        self, onnx_path: Path, *, precision: str, input_shape: Sequence[int] | None = None, runs: int = 100
+    ) -> float:
+        """Median time (ms) per run of the graph's NCHWc ReorderInput/ReorderOutput nodes, by ONNX Runtime's profiler.
+
+        In a one-layer graph every reorder sits at the graph boundary. The profiler's node timings are
+        whole microseconds; the median over `runs` runs of each reorder node is summed.
+        """
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="hwdsa-ortprof-") as tmp:
+            prefix = str(Path(tmp) / "profile")
+            with self.onnx_session(onnx_path, precision=precision, input_shape=input_shape, profile_prefix=prefix) as s:
+                assert isinstance(s, _OrtSession)
+                for _ in range(runs + 10):
+                    s.run_once()
+                profile = Path(s.end_profiling())
+            events = json.loads(profile.read_text(encoding="utf-8"))
+        per_node: dict[str, list[float]] = {}
+        for e in events:
+            if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
+                continue
+            if (e.get("args") or {}).get("op_name") in _REORDER_OPS:
+                per_node.setdefault(str(e["name"]), []).append(float(e["dur"]))
+        total_us = sum(statistics.median(d[-runs:]) for d in per_node.values())
+        return total_us / 1000.0
+
+    @property
+    @override
+    def channel_multiple(self) -> int:
+        # The CPU provider's NCHWc kernels (optimisation level "all", x86-64 only) need input counts that
+        # are multiples of 4: off that, a convolution falls back to the plain NCHW kernel (about 2x slower
+        # here) with layout reorders around it. Multiples of 8 are the table grid's step and aligned for
+        # AVX2 blocks; AVX-512 blocks of 16 pad a count of 8 mod 16 in some layers, which the table sees
+        # in part (see benchmarks/results/latency_prediction.md). The GPU providers' tensor cores want 8.
+        if self.provider == "CPUExecutionProvider":
+            return 8 if self.graph_optimization_level == "all" and nchwc_block_size() > 1 else 1
+        return 8
 
     @override
     def versions(self) -> dict[str, str]:
@@ -133,12 +253,21 @@ class _OrtBackend(OnnxBackend):
     @override
     @contextlib.contextmanager
     def onnx_session(
-        self, onnx_path: Path, *, precision: str, input_shape: Sequence[int] | None = None
+        self,
+        onnx_path: Path,
+        *,
+        precision: str,
+        input_shape: Sequence[int] | None = None,
+        profile_prefix: str | None = None,
     ) -> Iterator[Session]:
+        """A bound session on `onnx_path`; `profile_prefix` turns on ONNX Runtime's profiler (`end_profiling`)."""
         import numpy as np
 
         ort = _import_ort()
         so = ort.SessionOptions()
+        if profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
         so.intra_op_num_threads = self.num_threads or 0  # 0: ONNX Runtime's default (one per physical core)
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -274,4 +403,4 @@ class OrtTensorrtBackend(OrtCudaBackend):
         return [(self.provider, options), "CPUExecutionProvider"]
 
 
-__all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtTensorrtBackend"]
+__all__ = ["OrtCpuBackend", "OrtCudaBackend", "OrtTensorrtBackend", "nchwc_block_size"]

@@ -20,7 +20,7 @@ from typing import Any
 from hwdsa.errors import TableError
 
 from .backend import Backend, resolve_backend
-from .base import LayerSpec, Measurement, TimingProtocol
+from .base import LayerSpec, Measurement, TimingProtocol, quietest
 from .specs import common_precision_and_batch, dedupe_specs, spec_label
 from .tablefile import (
     Entry,
@@ -53,6 +53,7 @@ def table_meta(backend: Backend, protocol: TimingProtocol, *, precision: str, ba
         versions=backend.versions(),
         protocol=protocol_record(protocol),
         backend_options=backend.options(),
+        channel_multiple=backend.channel_multiple,
     )
 
 
@@ -118,6 +119,10 @@ def profile_specs(
 ) -> list[Entry]:
     """Measure every distinct spec with `backend` and write the latency table to `out_path`.
 
+    The protocol's rounds are passes over all the specs (each entry is the quietest of its rounds,
+    taken minutes apart); each finished round of an entry is recorded, so a resumed run continues
+    the pass it was in.
+
     Args:
         specs: layer specs (duplicates are measured once); all of one precision and batch size.
         backend: a Backend, or a registered name (see `list_backends()`).
@@ -125,7 +130,7 @@ def profile_specs(
         out_path: the table file (format: `hwdsa.profilers.tablefile`).
         resume: reuse entries of an interrupted run (`<out_path>.partial`) and of a complete table
             already at `out_path`, when measured under the same conditions; False starts over.
-        on_entry: called after each newly measured entry has been recorded.
+        on_entry: called after each newly measured round of an entry has been recorded.
         extra_meta: more header metadata (kept by `hwdsa.lut.TableMeta` as `extra`).
 
     Returns:
@@ -152,39 +157,55 @@ def profile_specs(
     for spec in unique:
         be.check_spec(spec)
     proto = protocol or TimingProtocol()
+    one_round = dataclasses.replace(proto, rounds=1)
     out = Path(out_path)
     meta = table_meta(be, proto, precision=precision, batch_size=batch_size)
     meta.update(extra_meta or {})
     log = PartialLog(partial_path(out), meta)
 
-    done: dict[LayerSpec, Measurement] = {}
+    finished: dict[LayerSpec, Measurement] = {}  # entries of a complete table: all their rounds done
+    rounds: dict[LayerSpec, list[Measurement]] = {}  # rounds measured so far (this run and the partial file)
     if resume:
-        done.update(_reuse_complete_table(out, meta))
-        done.update(log.load())
+        finished.update(_reuse_complete_table(out, meta))
+        for spec, ms in log.load().items():
+            rounds.setdefault(spec, []).extend(ms)
     else:
         log.remove()
-    # Entries of the old table or partial file that these specs do not ask for stay in the table (behind
-    # the requested ones): a run that extends a table must not drop what was measured before.
-    todo = [s for s in unique if s not in done]
-    if done:
-        _log.info("resuming %s: %d of %d entries already measured", out, len(done), len(unique))
+    for spec in [s for s in rounds if len(rounds[s]) >= proto.rounds]:
+        finished[spec] = quietest(rounds.pop(spec))
+
+    # One pass over the table per round, so an entry's rounds fall in different load windows.
+    todo = [s for s in unique if s not in finished]
+    total = len(unique) * proto.rounds
+    initial = total - sum(proto.rounds - len(rounds.get(s, [])) for s in todo)
+    if initial:
+        _log.info("resuming %s: %d of %d entry rounds already measured", out, initial, total)
     if todo:
         log.open()
-        progress = _Progress(len(unique), len(done), desc=f"profile {be.name}")
+        progress = _Progress(total, initial, desc=f"profile {be.name}")
         try:
-            for spec in todo:
-                m = be.measure(spec, proto)
-                log.append(spec, m)
-                done[spec] = m
-                progress.update(spec_label(spec))
-                if on_entry is not None:
-                    on_entry(spec, m)
+            for r in range(proto.rounds):
+                for spec in todo:
+                    done_rounds = rounds.setdefault(spec, [])
+                    if len(done_rounds) > r:
+                        continue
+                    m = be.measure(spec, one_round)
+                    log.append(spec, m)
+                    done_rounds.append(m)
+                    progress.update(spec_label(spec) + (f" (round {r + 1}/{proto.rounds})" if proto.rounds > 1 else ""))
+                    if on_entry is not None:
+                        on_entry(spec, m)
         finally:
             progress.close()
             log.close()
-    items = [(s, done[s]) for s in unique]
+    for spec, ms in rounds.items():
+        if len(ms) >= proto.rounds:
+            finished[spec] = quietest(ms)
+    items = [(s, finished[s]) for s in unique]
     wanted = set(unique)
-    kept = [(s, m) for s, m in done.items() if s not in wanted and s.precision == precision and s.batch_size == batch_size]
+    # Entries of the old table or partial file that these specs do not ask for stay in the table (behind
+    # the requested ones): a run that extends a table must not drop what was measured before.
+    kept = [(s, m) for s, m in finished.items() if s not in wanted and s.precision == precision and s.batch_size == batch_size]
     if kept:
         _log.info("%s keeps %d earlier entries that this run did not ask for", out, len(kept))
     write_table(out, [*items, *kept], meta)

@@ -252,7 +252,8 @@ class PartialLog:
     """Append-only JSON-lines file of finished entries: the resume point of an interrupted run.
 
     Line 1 is a header with the run's identity (device, backend, precision, batch, versions, protocol,
-    backend options); each further line is one `{"spec": ..., "measurement": ...}`. Each append is
+    backend options); each further line is one `{"spec": ..., "measurement": ...}`: one round of one
+    entry (a spec has as many lines as it has finished rounds). Each append is
     flushed and fsync'd, so a kill loses at most the entry being written; a torn last line is dropped
     (and re-measured) on resume.
     """
@@ -262,8 +263,8 @@ class PartialLog:
         self.identity = json.loads(json.dumps(run_identity(meta), default=str))
         self._handle: IO[str] | None = None
 
-    def load(self) -> dict[LayerSpec, Measurement]:
-        """Entries already measured by an earlier run of the same identity ({} when there is no file).
+    def load(self) -> dict[LayerSpec, list[Measurement]]:
+        """Rounds already measured by an earlier run of the same identity, per spec ({} when there is no file).
 
         Raises:
             TableError: the file belongs to another device/backend/protocol, or a line in the middle is
@@ -296,7 +297,7 @@ class PartialLog:
                 "its entries do not belong in this table: delete it, resume with the same settings, or pass "
                 "resume=False (--no-resume) to start over"
             )
-        done: dict[LayerSpec, Measurement] = {}
+        done: dict[LayerSpec, list[Measurement]] = {}
         keep = len(complete[0]) + 1
         for n, line in enumerate(complete[1:], start=2):
             where = f"{self.path} line {n}"
@@ -309,7 +310,7 @@ class PartialLog:
                     _log.warning("%s: dropping an unreadable last entry (%s)", where, exc)
                     break
                 raise TableError(f"{where}: corrupted entry ({exc}); delete the file to re-profile") from None
-            done[spec] = m
+            done.setdefault(spec, []).append(m)
             keep += len(line) + 1
         if keep != len(raw):
             self._truncate(keep)
@@ -330,7 +331,7 @@ class PartialLog:
             self._write_line({"format": PARTIAL_FORMAT, "schema_version": SCHEMA_VERSION, "identity": self.identity})
 
     def append(self, spec: LayerSpec, measurement: Measurement) -> None:
-        """Record one finished entry durably (flush + fsync)."""
+        """Record one finished round of an entry durably (flush + fsync)."""
         self._write_line({"spec": spec.to_row(), "measurement": measurement.to_row()})
 
     def _write_line(self, obj: Mapping[str, Any]) -> None:

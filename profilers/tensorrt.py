@@ -172,6 +172,11 @@ class TensorRTBackend(OnnxBackend):
 
     import_tensorrt = staticmethod(import_tensorrt)
 
+    @property
+    @override
+    def channel_multiple(self) -> int:
+        return 8  # tensor-core tiles
+
     @override
     @classmethod
     def check_available(cls) -> None:

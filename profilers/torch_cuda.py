@@ -79,6 +79,11 @@ class TorchCudaBackend(Backend):
     install_hint = "install a CUDA build of PyTorch (https://pytorch.org) on a machine with an NVIDIA GPU"
     precisions = ("fp32", "fp16")
 
+    @property
+    @override
+    def channel_multiple(self) -> int:
+        return 8  # tensor-core tiles
+
     def __init__(self, *, device: int = 0, cuda_graphs: bool = True, cudnn_benchmark: bool = True) -> None:
         if isinstance(device, bool) or not isinstance(device, int) or device < 0:
             raise ConfigError(f"device must be a CUDA device index >= 0; got {device!r}")

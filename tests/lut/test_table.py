@@ -254,6 +254,18 @@ class TestRefusals:
             TableMeta(device="d", backend="b", precision="fp64", batch_size=1)
         with pytest.raises(TableError, match="'device' must be a non-empty string"):
             TableMeta(device="", backend="b", precision="fp32", batch_size=1)
+        with pytest.raises(TableError, match="'channel_multiple' must be a positive integer"):
+            TableMeta(device="d", backend="b", precision="fp32", batch_size=1, extra={"channel_multiple": 0})
+
+    def test_channel_multiple_is_read_and_checked_on_load(self, tmp_path: Path) -> None:
+        assert _table(2).meta.channel_multiple == 1  # tables without one: any count
+        path = _table(2).with_meta(extra={"channel_multiple": 8}).write(tmp_path / "t.csv")
+        assert LatencyTable.read(path).meta.channel_multiple == 8
+        lines = _lines(path)
+        lines[0] = lines[0].replace('"channel_multiple": 8', '"channel_multiple": "8"')
+        path.write_text("".join(lines), encoding="utf-8")
+        with pytest.raises(TableError, match="'channel_multiple' must be a positive integer; got '8'"):
+            LatencyTable.read(path)
 
 
 class TestLookup:

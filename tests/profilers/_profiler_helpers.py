@@ -13,7 +13,7 @@ from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
 REPO = Path(__file__).resolve().parents[2]
 
 #: Few repeats, so the whole profiler suite stays well under a minute on 2 shared cores.
-LIGHT = TimingProtocol(warmup=1, repeats=5, max_attempts=2, min_run_ms=0.05)
+LIGHT = TimingProtocol(warmup=1, repeats=5, max_attempts=2, min_run_ms=0.05, rounds=1)
 
 
 def conv(

@@ -17,7 +17,7 @@ from hwdsa.profilers import read_table, write_bundle, write_specs
 from hwdsa.profilers.__main__ import main
 from hwdsa.profilers.tablefile import partial_path
 
-LIGHT_FLAGS = ["--warmup", str(LIGHT.warmup), "--repeats", str(LIGHT.repeats), "--max-attempts", "2", "--min-run-ms", "0.05"]
+LIGHT_FLAGS = ["--warmup", str(LIGHT.warmup), "--repeats", str(LIGHT.repeats), "--max-attempts", "2", "--min-run-ms", "0.05", "--rounds", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,10 @@ def test_agent_runs_a_bundle_without_torch_or_pandas(bundle_dir: Path, tmp_path:
     assert [s for s, _ in entries] == tiny_specs()
     for _, m in entries:
         check_measurement(m, LIGHT)
-    assert meta["backend"] == "onnxruntime" and meta["backend_options"] == {"provider": "CPUExecutionProvider", "num_threads": 1}
+    assert meta["backend"] == "onnxruntime" and meta["backend_options"] == {
+        "provider": "CPUExecutionProvider", "num_threads": 1, "boundary_reorders": "subtract"
+    }
+    assert meta["channel_multiple"] == 8 and meta["protocol"]["rounds"] == 1
     assert "torch" not in meta["versions"] and "onnxruntime" in meta["versions"]
     # and the host reads it with the full validating reader
     from hwdsa.lut.table import LatencyTable
@@ -59,7 +62,7 @@ def test_killed_agent_resumes(bundle_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.csv"
     # Slow enough (>= 50 samples of >= 2 ms per entry) that the kill lands mid-run.
     argv = ["run", str(bundle_dir), "--threads", "1", "--out", str(out), "--warmup", "1", "--repeats", "50",
-            "--min-run-ms", "2", "--max-attempts", "1", "-q"]  # fmt: skip
+            "--min-run-ms", "2", "--max-attempts", "1", "--rounds", "1", "-q"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", _BLOCK_PRELUDE + agent_code(argv)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     partial = partial_path(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ from _profiler_helpers import LIGHT, REPO, conv
 from hwdsa.errors import BackendUnavailableError, ConfigError
 from hwdsa.profilers import BACKENDS, Backend, Session, get_backend, get_backend_class, list_backends, register_backend
 from hwdsa.profilers.backend import resolve_backend
-from hwdsa.profilers.base import LayerSpec
+from hwdsa.profilers.base import LayerSpec, TimingProtocol
 
 BUILTIN = ["onnxruntime", "onnxruntime_cuda", "onnxruntime_tensorrt", "tensorrt", "torch_cpu", "torch_cuda"]
 
@@ -34,6 +35,23 @@ class _ConstantSession(Session):
     def device_sample(self, inner: int) -> float:
         self.calls += inner
         return 0.125
+
+
+class _BusyThenQuietSession(Session):
+    """A device timer that reads 0.2 ms per run during the first round's samples, 0.1 ms afterwards."""
+
+    has_device_timer = True
+
+    def __init__(self, busy_samples: int) -> None:
+        self.samples = 0
+        self.busy_samples = busy_samples
+
+    def run_once(self) -> None:
+        pass
+
+    def device_sample(self, inner: int) -> float:
+        self.samples += 1
+        return 0.2 if self.samples <= self.busy_samples else 0.1
 
 
 class _TimerBackend(Backend):
@@ -227,3 +245,13 @@ def test_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_time_session_keeps_the_quietest_round() -> None:
+    proto = TimingProtocol(warmup=2, repeats=5, max_attempts=1, rounds=3)
+    per_round = proto.warmup + 1 + proto.repeats  # warm-up, the probe, the timed samples
+    busy = Backend.time_session(_BusyThenQuietSession(per_round), dataclasses.replace(proto, rounds=1))
+    assert busy.median_ms == 0.2  # one round: the disturbed one
+    assert Backend.time_session(_BusyThenQuietSession(per_round), proto).median_ms == 0.1
+    with pytest.raises(ValueError, match="rounds >= 1"):
+        TimingProtocol(rounds=0)

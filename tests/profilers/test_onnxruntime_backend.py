@@ -12,6 +12,8 @@ from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.profilers import get_backend, get_backend_class, measure_network
 from hwdsa.profilers.base import LayerSpec
 from hwdsa.profilers.layers import onnx_from_spec
+from hwdsa.profilers.onnxruntime import nchwc_block_size
+from hwdsa.profilers.specs import input_shape as spec_input_shape
 
 
 def test_measures_every_layer_kind() -> None:
@@ -35,8 +37,33 @@ def test_uses_the_bundle_file_when_given(tmp_path: Path) -> None:
         be.measure(spec, LIGHT)
 
 
+def test_layout_reorders_of_an_isolated_layer_are_measured(tmp_path: Path) -> None:
+    """NCHWc wraps a convolution timed alone in reorders its network does not run; ORT's profiler times them."""
+    spec = LayerSpec("conv", 16, 16, kernel=(3, 3), padding=(1, 1), in_size=(16, 16), activation="relu")
+    path = onnx_from_spec(spec, tmp_path / "conv.onnx")
+    be = get_backend("onnxruntime", num_threads=1)
+    shape = spec_input_shape(spec)
+    reorders = be.boundary_reorder_ms(path, precision="fp32", input_shape=shape)  # type: ignore[attr-defined]
+    assert 0.0 < reorders < 0.5  # a ReorderInput and a ReorderOutput of 16x16x16 floats: microseconds
+    plain = get_backend("onnxruntime", num_threads=1, graph_optimization_level="extended")
+    assert plain.boundary_reorder_ms(path, precision="fp32", input_shape=shape) == 0.0  # type: ignore[attr-defined]
+    linear = LayerSpec("linear", 64, 10)
+    fc = onnx_from_spec(linear, tmp_path / "fc.onnx")
+    assert be.boundary_reorder_ms(fc, precision="fp32", input_shape=spec_input_shape(linear)) == 0.0  # type: ignore[attr-defined]
+    check_measurement(be.measure(spec, LIGHT))  # the subtracted timing is still a valid measurement
+    assert not list(tmp_path.glob("*.json"))  # the profiler's files stay out of the way
+
+
 def test_options_are_recorded() -> None:
-    assert get_backend("onnxruntime", num_threads=2).options() == {"provider": "CPUExecutionProvider", "num_threads": 2}
+    assert get_backend("onnxruntime", num_threads=2).options() == {
+        "provider": "CPUExecutionProvider", "num_threads": 2, "boundary_reorders": "subtract"
+    }
+    # without the NCHWc transformer there are no layout reorders to subtract, and no channel lattice
+    plain = get_backend("onnxruntime", num_threads=2, graph_optimization_level="extended")
+    assert "boundary_reorders" not in plain.options() and plain.channel_multiple == 1
+    assert nchwc_block_size() in (8, 16) and get_backend("onnxruntime").channel_multiple == 8  # x86 here
+    with pytest.raises(ConfigError, match="boundary_reorders must be one of"):
+        get_backend("onnxruntime", boundary_reorders="drop")
     assert get_backend("onnxruntime").options()["num_threads"] == 0  # ONNX Runtime's default
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from _profiler_helpers import LIGHT, check_measurement, conv, tiny_specs
 from hwdsa.errors import ConfigError, TableError
-from hwdsa.profilers import get_backend, profile_specs, read_table
+from hwdsa.profilers import get_backend, profile_specs, quietest, read_table
 from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
 from hwdsa.profilers.tablefile import partial_path
 
@@ -68,6 +69,36 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path: Path, backend: str) 
     assert read_table(out)[1] == rows
 
 
+def test_rounds_are_passes_and_the_quietest_is_kept(tmp_path: Path) -> None:
+    """rounds=3: three passes over the table (not three back-to-back timings), resumable mid-pass."""
+    specs = tiny_specs()[:4]
+    be = get_backend("onnxruntime", num_threads=1)
+    proto = dataclasses.replace(LIGHT, rounds=3)
+    out = tmp_path / "t.csv"
+    first = _Recorder(stop_after=6)  # all of pass 1 and half of pass 2
+    with pytest.raises(KeyboardInterrupt):
+        profile_specs(specs, be, proto, out_path=out, on_entry=first)
+    assert [s for s, _ in first.seen] == [*specs, *specs[:2]]  # pass order, not entry by entry
+    second = _Recorder()
+    rows = profile_specs(specs, be, proto, out_path=out, on_entry=second)
+    assert [s for s, _ in second.seen] == [*specs[2:], *specs]  # the rest of pass 2, then pass 3
+    measured: dict[LayerSpec, list[Measurement]] = {}
+    for spec, m in [*first.seen, *second.seen]:
+        measured.setdefault(spec, []).append(m)
+    assert all(len(ms) == 3 for ms in measured.values())
+    for spec, m in rows:  # each entry is its quietest round, kept whole
+        assert m == min(measured[spec], key=lambda r: r.median_ms)
+    assert read_table(out)[0]["protocol"]["rounds"] == 3
+
+
+def test_quietest_is_the_lowest_median() -> None:
+    slow = Measurement(2.0, 1.9, 2.2, 1.8, 5, 1, False, 0.5)
+    quiet = Measurement(1.5, 1.4, 1.9, 1.3, 5, 2, True, 0.1)
+    assert quietest([slow, quiet, slow]) is quiet
+    with pytest.raises(ValueError, match="at least one"):
+        quietest([])
+
+
 def test_resume_false_starts_over(tmp_path: Path) -> None:
     specs = tiny_specs()[:3]
     be = get_backend("onnxruntime", num_threads=1)
@@ -85,7 +116,7 @@ def test_partial_file_of_another_backend_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TableError, match=r"written by a run with other settings \(differs in .*backend"):
         profile_specs(tiny_specs(), get_backend("onnxruntime", num_threads=1), LIGHT, out_path=out)
     with pytest.raises(TableError, match="differs in protocol"):
-        profile_specs(tiny_specs(), get_backend("torch_cpu", num_threads=1), TimingProtocol(warmup=1, repeats=6), out_path=out)
+        profile_specs(tiny_specs(), get_backend("torch_cpu", num_threads=1), TimingProtocol(warmup=1, repeats=6, rounds=1), out_path=out)
 
 
 def test_extending_an_existing_table_keeps_its_rows(tmp_path: Path) -> None:

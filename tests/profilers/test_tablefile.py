@@ -133,7 +133,7 @@ class TestPartialLog:
             log.append(spec, m)
         log.close()
         again = PartialLog(log.path, {**_meta(), "created_at": "later", "host": "elsewhere"})  # volatile keys differ
-        assert again.load() == dict(_items()[:2])
+        assert again.load() == {s: [m] for s, m in _items()[:2]}
 
     def test_torn_last_line_is_dropped_and_truncated(self, tmp_path: Path) -> None:
         log = PartialLog(tmp_path / "t.csv.partial", _meta())
@@ -143,12 +143,21 @@ class TestPartialLog:
         good_size = log.path.stat().st_size
         with open(log.path, "a", encoding="utf-8") as handle:  # a kill in the middle of a write
             handle.write('{"spec": {"kind": "co')
-        assert log.load() == dict(_items()[:1])
+        assert log.load() == {s: [m] for s, m in _items()[:1]}
         assert log.path.stat().st_size == good_size  # the next append starts on a clean line
         log.open()
         log.append(*_items()[1])
         log.close()
-        assert log.load() == dict(_items()[:2])
+        assert log.load() == {s: [m] for s, m in _items()[:2]}
+
+    def test_rounds_of_one_spec_accumulate(self, tmp_path: Path) -> None:
+        log = PartialLog(tmp_path / "t.csv.partial", _meta())
+        (spec, first), (_, second) = _items()[0], _items()[1]
+        log.open()
+        log.append(spec, first)
+        log.append(spec, second)  # the same spec's second round
+        log.close()
+        assert log.load() == {spec: [first, second]}
 
     def test_other_conditions_are_refused(self, tmp_path: Path) -> None:
         log = PartialLog(tmp_path / "t.csv.partial", _meta())

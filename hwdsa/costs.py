@@ -60,6 +60,13 @@ def check_channels(channels: Sequence[int], group_sizes: Sequence[int]) -> None:
             raise KeepRatioError(f"group {i}: channel count {c} outside 1..{size}")
 
 
+def dense_reference(cost: CostModel) -> float:
+    """What fractions of `cost` are fractions of: the dense network's measured value where the cost
+    carries one (`measured_dense` of a calibrated `LatencyCost`), else its modelled `dense`."""
+    measured = getattr(cost, "measured_dense", None)
+    return float(cost.dense if measured is None else measured)
+
+
 @dataclass(frozen=True)
 class Budget:
     """An upper bound `limit` (in the cost's unit) on one cost model."""
@@ -73,10 +80,14 @@ class Budget:
 
     @classmethod
     def fraction_of_dense(cls, cost: CostModel, fraction: float) -> Budget:
-        """A budget of `fraction` times the dense network's cost (e.g. 0.5 for half the FLOPs)."""
+        """A budget of `fraction` times the dense network's cost (e.g. 0.5 for half the FLOPs).
+
+        A cost that carries a measurement of the dense network (`measured_dense`: a calibrated
+        `LatencyCost`) is taken at that measurement: half the latency means half of what was timed.
+        """
         if not 0.0 < fraction <= 1.0:
             raise ConfigError(f"a budget fraction must lie in (0, 1]; got {fraction}")
-        return cls(cost, fraction * cost.dense)
+        return cls(cost, fraction * dense_reference(cost))
 
     def is_met(self, keep_ratios: Tensor, rtol: float = 1e-6) -> bool:
         """Whether the cost at `keep_ratios` is within the limit (up to a relative tolerance)."""

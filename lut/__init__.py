@@ -1,6 +1,7 @@
 """Latency lookup tables and the cost model built on them: table → grid → fit → LatencyCost → rounding.
 
-`hwdsa.lut.network` ties them to whole models: profile a model's grid, calibrate against pruned copies.
+`hwdsa.lut.network` ties them to whole models: profile a model's grid, calibrate against pruned copies;
+`hwdsa.lut.verify` times a pruned network on the device and corrects its rounding to the budget.
 
 Names are imported lazily, so reading or merging a table (pandas) does not import torch or scikit-learn.
 """
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from hwdsa.lut.table import TableMeta as TableMeta
     from hwdsa.lut.table import load_packaged_table as load_packaged_table
     from hwdsa.lut.table import packaged_tables as packaged_tables
+    from hwdsa.lut.verify import MeasuredBudget as MeasuredBudget
+    from hwdsa.lut.verify import meet_measured_budget as meet_measured_budget
 
 _LAZY: dict[str, str] = {
     "LatencyTable": "hwdsa.lut.table",
@@ -49,6 +52,8 @@ _LAZY: dict[str, str] = {
     "profile_network": "hwdsa.lut.network",
     "calibrate_table": "hwdsa.lut.network",
     "latency_table_for": "hwdsa.lut.network",
+    "MeasuredBudget": "hwdsa.lut.verify",
+    "meet_measured_budget": "hwdsa.lut.verify",
 }
 
 __all__ = sorted(_LAZY)

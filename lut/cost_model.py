@@ -13,7 +13,8 @@ latency staircase, which it sharpens back to as σ → 0 (masks becoming determi
 
 T_l is interpolated from the layer's measured grid, and the budget uses its monotone envelope so the
 cost never decreases when a channel is added (section 7 of the design note); `exact` prices integer
-counts with the true table values. A layer's input count (a sum over concatenated groups, with
+counts with the true table values. A calibration with a weight bandwidth floors every grid value at
+the time the layer's weights take to stream (`hwdsa.lut.fit.with_weight_floor`) before anything else. A layer's input count (a sum over concatenated groups, with
 variances added) and output count are taken as independent, which they are unless one group feeds
 both sides through a concatenation; a layer whose input and output are one and the same group (a
 depthwise convolution) is priced along the diagonal.
@@ -35,7 +36,7 @@ from hwdsa.costs import check_channels, check_keep_ratios
 from hwdsa.errors import ConfigError, TableError
 from hwdsa.graph.structure import ChannelGraph
 from hwdsa.lut.calibrate import Calibration, calibrations, graph_signature
-from hwdsa.lut.fit import FittedLayer, Interpolation, Monotone, fit_layers, interp_weights
+from hwdsa.lut.fit import FittedLayer, Interpolation, Monotone, fit_layers, interp_weights, weight_mb, with_weight_floor
 from hwdsa.lut.grid import Axis, GridConfig
 from hwdsa.lut.table import LatencyTable, TableMeta
 from hwdsa.profilers.base import LayerSpec
@@ -142,7 +143,13 @@ class LatencyCost:
         default_std: float | Sequence[float] = DEFAULT_STD,
         meta: TableMeta | None = None,
     ) -> None:
-        self.layers: tuple[FittedLayer, ...] = tuple(layers)
+        self.table_layers: tuple[FittedLayer, ...] = tuple(layers)
+        """The layers as the table prices them (what a calibration is fitted on)."""
+        bandwidth = None if calibration is None else calibration.weight_bandwidth_gbps
+        self.layers: tuple[FittedLayer, ...] = (
+            self.table_layers if bandwidth is None else tuple(with_weight_floor(fl, bandwidth) for fl in self.table_layers)
+        )
+        """The layers as the calibrated network runs them (the table, floored by the weight stream)."""
         self.group_sizes: tuple[int, ...] = tuple(int(c) for c in group_sizes)
         self.graph_signature = graph_signature
         self.calibration = calibration
@@ -257,7 +264,7 @@ class LatencyCost:
     def with_calibration(self, calibration: Calibration | None) -> LatencyCost:
         """The same cost with another calibration (None: plain layer sums)."""
         return LatencyCost(
-            self.layers,
+            self.table_layers,
             self.group_sizes,
             graph_signature=self.graph_signature,
             calibration=calibration,
@@ -337,9 +344,20 @@ class LatencyCost:
         check_channels(ch, self.group_sizes)
         return [fl.counts(ch, self.group_sizes) for fl in self.layers]
 
-    def layer_sum_ms(self, channels: Sequence[int]) -> float:
-        """Σ_l T_l at integer counts from the measured values (interpolated between grid points), uncalibrated."""
-        return float(sum(fl.latency_ms(ci, co) for fl, (ci, co) in zip(self.layers, self._counts(channels))))
+    def layer_sum_ms(self, channels: Sequence[int], *, weight_bandwidth_gbps: float | None = None) -> float:
+        """Σ_l T_l at integer counts from the table's values (interpolated between grid points), uncalibrated.
+
+        With `weight_bandwidth_gbps` each term is max(T_l, W_l / bandwidth), W_l the layer's weight
+        bytes at those counts (see `hwdsa.lut.fit.with_weight_floor`): the sum a calibration with that
+        weight bandwidth scales.
+        """
+        total = 0.0
+        for fl, (ci, co) in zip(self.table_layers, self._counts(channels)):
+            t = fl.latency_ms(ci, co)
+            if weight_bandwidth_gbps is not None:
+                t = max(t, weight_mb(fl.grid.spec_at(ci, co)) / weight_bandwidth_gbps)
+            total += t
+        return float(total)
 
     def exact(self, channels: Sequence[int]) -> float:
         """Latency in ms of the network pruned to `channels` (one count per group), calibrated.
@@ -355,7 +373,11 @@ class LatencyCost:
         return self.calibration.apply(total) if self.calibration is not None else total
 
     def breakdown(self, channels: Sequence[int]) -> tuple[LayerLatency, ...]:
-        """Per-layer spec and latency (uncalibrated) at integer counts."""
+        """Per-layer spec and latency at integer counts, before the calibration's scale and offset.
+
+        Each latency is the table's, floored by the time to stream the layer's weights when the
+        calibration found a weight bandwidth (`Calibration.weight_bandwidth_gbps`).
+        """
         out = []
         for fl, (ci, co) in zip(self.layers, self._counts(channels)):
             out.append(
@@ -370,8 +392,17 @@ class LatencyCost:
 
     @property
     def dense(self) -> float:
-        """Latency of the unpruned network (ms)."""
+        """Latency of the unpruned network (ms), as the model predicts it."""
         return self.exact(self.group_sizes)
+
+    @property
+    def measured_dense(self) -> float | None:
+        """The unpruned network's measured latency (ms) kept with the calibration, if it has one.
+
+        `hwdsa.costs.Budget.fraction_of_dense` takes fractions of this: `--latency 0.5` is half of
+        what the dense network measured, not of what the model predicts for it.
+        """
+        return None if self.calibration is None else self.calibration.dense_ms
 
     def step_points(self, group: int) -> tuple[int, ...]:
         """The counts of `group` at which the table has measurements (its producers' grid points)."""
@@ -386,7 +417,7 @@ class LatencyCost:
         return tuple(sorted(pts))
 
     def __repr__(self) -> str:
-        cal = "" if self.calibration is None else f", calibrated {self.calibration.scale:.3g}x+{self.calibration.offset_ms:.3g}ms"
+        cal = "" if self.calibration is None else f", calibrated {self.calibration.describe()}"
         where = "" if self.meta is None else f", {self.meta.describe()}"
         return f"LatencyCost({len(self.layers)} layers, {len(self.group_sizes)} groups{where}{cal})"
 

@@ -177,6 +177,37 @@ class FittedLayer:
         return float(np.max(self.budget_ms - self.raw_ms)) if self.raw_ms.size else 0.0
 
 
+_BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def weight_mb(spec: LayerSpec) -> float:
+    """Megabytes (10^6 bytes) of the layer's weights and bias as deployed, at its precision."""
+    kh, kw = spec.kernel
+    count = spec.in_channels // spec.groups * spec.out_channels * kh * kw + spec.out_channels
+    return count * _BYTES_PER_WEIGHT[spec.precision] / 1e6
+
+
+def weight_stream_ms(layer: FittedLayer, bandwidth_gbps: float) -> np.ndarray:
+    """Time (ms) to stream the layer's weights at `bandwidth_gbps` GB/s (= MB/ms), on its grid points."""
+    g = layer.grid
+    if g.shape == "diag":
+        return np.array([weight_mb(g.spec_at(c, c)) for c in g.in_points]) / bandwidth_gbps
+    return np.array([[weight_mb(g.spec_at(ci, co)) for co in g.out_points] for ci in g.in_points]) / bandwidth_gbps
+
+
+def with_weight_floor(layer: FittedLayer, bandwidth_gbps: float) -> FittedLayer:
+    """The layer as a network that streams its weights at `bandwidth_gbps` runs it: max(T, W / bandwidth).
+
+    A layer timed alone finds its weights in the core's caches on every run after the first; in a
+    network whose weights exceed them, each layer reads its weights from the shared cache or memory
+    on every inference, and one whose weights outweigh its arithmetic (the narrow-spatial end of a
+    VGG) runs at that bandwidth. The floor is applied at every grid point, to the measured and the
+    budget surface alike (the maximum of two non-decreasing surfaces is non-decreasing).
+    """
+    floor = weight_stream_ms(layer, bandwidth_gbps)
+    return replace(layer, raw_ms=np.maximum(layer.raw_ms, floor), budget_ms=np.maximum(layer.budget_ms, floor))
+
+
 def _shape_key(spec: LayerSpec) -> tuple[Any, ...]:
     """Everything of a spec but its channel counts (and the depthwise groups that follow them)."""
     groups = "dw" if spec.is_depthwise else spec.groups
@@ -352,4 +383,7 @@ __all__ = [
     "parse_interpolation",
     "isotonic_surface",
     "monotone_envelope",
+    "weight_mb",
+    "weight_stream_ms",
+    "with_weight_floor",
 ]

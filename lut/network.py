@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import random
-import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +32,9 @@ from hwdsa.lut.calibrate import Calibration, CalibrationMethod, attach_calibrati
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.fit import parse_interpolation
 from hwdsa.lut.grid import GridConfig, paddings_from_model, plan_grid
-from hwdsa.lut.table import LatencyTable
+from hwdsa.lut.table import LatencyTable, TableMeta
 from hwdsa.profilers.backend import Backend, OnnxBackend, resolve_backend
-from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
 from hwdsa.profilers.runner import profile_specs
 
 _log = logging.getLogger(__name__)
@@ -134,7 +134,9 @@ def deployable(model: nn.Module) -> nn.Module:
         return net
 
 
-def random_channels(graph: ChannelGraph, rng: random.Random, *, low: float = MIN_KEEP_RATIO) -> list[int]:
+def random_channels(
+    graph: ChannelGraph, rng: random.Random, *, low: float = MIN_KEEP_RATIO, multiple: int = 1
+) -> list[int]:
     """Channel counts of a randomly pruned network, at a random overall width.
 
     A network-wide level is drawn from U(low, 1), and each group keeps level·U(0.6, 1.4) of its
@@ -142,12 +144,24 @@ def random_channels(graph: ChannelGraph, rng: random.Random, *, low: float = MIN
     network near the same total size (their mean), so a calibration fitted on them would extrapolate
     to the small networks a 30% budget asks for; drawing the level first spreads the networks from
     heavily pruned to dense, while the per-group spread keeps the allocations uneven.
+
+    `multiple` puts the counts on a backend's channel lattice (`Backend.channel_multiple`): each
+    count is rounded to a multiple of it (at least one multiple) or kept whole, as `hwdsa prune`
+    rounds for that backend (`hwdsa.lut.rounding`); a group no wider than `multiple` is kept whole.
     """
     if not 0 < low <= 1:
         raise ConfigError(f"low must lie in (0, 1]; got {low}")
+    if multiple < 1:
+        raise ConfigError(f"multiple must be >= 1; got {multiple}")
     level = rng.uniform(low, 1.0)
     ratios = [min(1.0, max(low, level * rng.uniform(0.6, 1.4))) for _ in graph.group_sizes]
-    return [max(1, min(c, round(r * c))) for r, c in zip(ratios, graph.group_sizes)]
+    out = []
+    for r, c in zip(ratios, graph.group_sizes):
+        k = max(1, min(c, round(r * c)))
+        if multiple > 1:
+            k = c if c <= multiple or r * c > c - multiple / 2 else max(multiple, multiple * round(r * c / multiple))
+        out.append(min(k, c))
+    return out
 
 
 def pruned_network(model: nn.Module, graph: ChannelGraph, channels: Sequence[int]) -> nn.Module:
@@ -166,18 +180,45 @@ def measure_pruned(
     backend: Backend,
     protocol: TimingProtocol | None = None,
     *,
-    rounds: int = 3,
+    rounds: int | None = None,
     batch_size: int = 1,
     precision: str = "fp32",
 ) -> list[float]:
     """End-to-end latency (ms) of `model` pruned to each of `channels_list`, BatchNorms folded, on `backend`.
 
-    Each network is timed `rounds` times, round-robin, and its latency is the median of the round
-    medians: on a shared machine, load comes in bursts longer than one measurement, and interleaving
-    keeps one burst from shifting one network's figure (it lands on one round of several networks).
+    Each network is timed `rounds` times (default: the protocol's), round-robin, and its latency is
+    its quietest round (`hwdsa.profilers.quietest`: the lowest round median). On a shared machine the
+    latency level moves in windows of seconds; interleaving gives every network several windows, and
+    the quietest round is the one the others' load disturbed least, the same statistic the table's
+    entries are taken with (`TimingProtocol.rounds`).
     """
-    if rounds < 1:
-        raise ConfigError(f"rounds must be >= 1; got {rounds}")
+    per_round = measure_rounds(
+        model, graph, channels_list, backend, protocol, rounds=rounds, batch_size=batch_size, precision=precision
+    )
+    return [quietest(ms).median_ms for ms in per_round]
+
+
+def measure_rounds(
+    model: nn.Module,
+    graph: ChannelGraph,
+    channels_list: Sequence[Sequence[int]],
+    backend: Backend,
+    protocol: TimingProtocol | None = None,
+    *,
+    rounds: int | None = None,
+    batch_size: int = 1,
+    precision: str = "fp32",
+) -> list[list[Measurement]]:
+    """Every round of `measure_pruned`: one measurement per network per round, in round-robin order.
+
+    Network i of round r is timed right after network i-1 of the same round, so ratios taken within a
+    round compare networks under the same machine state (`hwdsa.lut.verify` uses them).
+    """
+    proto = protocol or TimingProtocol()
+    n_rounds = proto.rounds if rounds is None else rounds
+    if n_rounds < 1:
+        raise ConfigError(f"rounds must be >= 1; got {n_rounds}")
+    one_round = dataclasses.replace(proto, rounds=1)
     shape = (batch_size, *graph.input_shape[-3:])
     with tempfile.TemporaryDirectory(prefix="hwdsa-nets-") as tmp:
         nets: list[object] = []
@@ -189,11 +230,11 @@ def measure_pruned(
                 nets.append(str(onnx_from_network(net, Path(tmp) / f"net{i}.onnx", input_shape=shape, precision=precision)))
             else:
                 nets.append(net)
-        samples: list[list[float]] = [[] for _ in nets]
-        for _ in range(rounds):
+        samples: list[list[Measurement]] = [[] for _ in nets]
+        for _ in range(n_rounds):
             for i, artefact in enumerate(nets):
-                samples[i].append(backend.measure_network(artefact, shape, protocol, precision=precision).median_ms)
-    return [statistics.median(s) for s in samples]
+                samples[i].append(backend.measure_network(artefact, shape, one_round, precision=precision))
+    return samples
 
 
 def calibrate_table(
@@ -206,16 +247,22 @@ def calibrate_table(
     networks: int = 8,
     seed: int = 0,
     protocol: TimingProtocol | None = None,
-    rounds: int = 3,
+    rounds: int | None = None,
     method: CalibrationMethod = "huber",
     interpolation: str | None = None,
+    anchor_dense: bool = False,
     **backend_options: Any,
 ) -> tuple[LatencyTable, Calibration]:
     """Fit the calibration of `model` on `table` from end-to-end timings and store it in a copy of the table.
 
-    The networks timed are the dense model and `networks - 1` randomly pruned copies (seeded), timed
-    in `rounds` interleaved rounds (see `measure_pruned`) on `backend`, which must be the table's own:
-    a calibration against another backend or device would be meaningless.
+    The networks timed are the dense model and `networks - 1` randomly pruned copies (seeded, on the
+    table's channel lattice: `TableMeta.channel_multiple`), timed in `rounds` interleaved rounds (see
+    `measure_pruned`; default: the protocol's) on `backend`, which must be the table's own: a
+    calibration against another backend or device would be meaningless. The dense network's
+    measurement is kept with the calibration (`Calibration.dense_ms`): a budget given as a fraction
+    (`--latency 0.5`) is that fraction of what the dense network measured, whatever the fit's error
+    there. `anchor_dense` makes the fit itself go through that measurement (the dense network is
+    often the outlier of a memory-bound model: it alone exceeds a cache, so this is off by default).
     `interpolation` (see `LatencyCost.fit`) is stored in the table's metadata with the calibration,
     which is fitted under it; None keeps the table's. Write the returned table to keep both with it.
 
@@ -239,14 +286,44 @@ def calibrate_table(
             _log.warning("interpolation changes to %r: the table's other calibrations were fitted without it; refit them", interpolation)
         table = table.with_meta(extra={**table.meta.extra, "interpolation": interpolation})
     cost = LatencyCost.fit(table, graph, calibration=None, paddings=paddings_from_model(model))
-    rng = random.Random(seed)
-    chosen = [list(graph.group_sizes)] + [random_channels(graph, rng) for _ in range(networks - 1)]
+    chosen = calibration_networks(graph, networks, seed=seed, multiple=table.meta.channel_multiple)
     measured = measure_pruned(
         model, graph, chosen, be, protocol, rounds=rounds, batch_size=table.meta.batch_size, precision=table.meta.precision
     )
     pairs: list[tuple[Sequence[int], float]] = list(zip(chosen, measured))
-    cal = fit_calibration(cost, pairs, method=method)
+    cal = fit_calibration(cost, pairs, method=method, anchor=0 if anchor_dense else None)
+    cal = dataclasses.replace(cal, dense_ms=float(measured[0]))
     return attach_calibration(table, name, cal), cal
+
+
+def calibration_networks(graph: ChannelGraph, networks: int, *, seed: int = 0, multiple: int = 1) -> list[list[int]]:
+    """The networks `calibrate_table` times: the dense one, then `networks - 1` seeded random prunings."""
+    rng = random.Random(seed)
+    return [list(graph.group_sizes)] + [random_channels(graph, rng, multiple=multiple) for _ in range(networks - 1)]
+
+
+def backend_for_table(meta: TableMeta, **overrides: Any) -> Backend:
+    """The table's backend, built with the options it was measured with (`overrides` win), on this machine.
+
+    Raises:
+        TableError: this machine is not the device the table was measured on: timings here would
+            describe another device.
+        BackendUnavailableError: the backend cannot run here.
+    """
+    from hwdsa.profilers.backend import get_backend
+
+    options: dict[str, Any] = {k: v for k, v in meta.extra.get("backend_options", {}).items() if k != "provider"}
+    if options.get("num_threads") == 0:
+        options.pop("num_threads")  # 0 records "the library's default"
+    options.update(overrides)
+    backend = get_backend(meta.backend, **options)
+    here = backend.device_description()
+    if here != meta.device:
+        raise TableError(
+            f"the table was measured on {meta.device!r} but this machine is {here!r}: calibrate it on that device "
+            "(timings from another one would be meaningless), or profile this one with `hwdsa profile`"
+        )
+    return backend
 
 
 def latency_table_for(
@@ -265,13 +342,16 @@ def latency_table_for(
 
     What `hwdsa prune --latency-backend NAME` runs when it is given a device instead of a table; a
     rerun (or `--resume`) finds the finished table and calibration and measures nothing again. The
-    grid defaults to "gpu" mode on GPU backends (`hwdsa.lut.rounding.STEPPED_BACKENDS`), else "cpu".
+    grid defaults to "gpu" mode (every multiple of 8 on narrow axes) on GPU backends
+    (`hwdsa.lut.rounding.STEPPED_BACKENDS`) and on backends with a channel lattice (ONNX Runtime's
+    NCHWc kernels pad outputs to 16-channel blocks: a staircase too), else "cpu".
     """
     from hwdsa.lut.rounding import STEPPED_BACKENDS
 
     be = resolve_backend(backend, **backend_options)
     if grid is None:  # staircases need every multiple; smooth CPU latency interpolates from a few points
-        grid = GridConfig("gpu") if be.name in STEPPED_BACKENDS else GridConfig("cpu")
+        stepped = be.name in STEPPED_BACKENDS or be.channel_multiple > 1
+        grid = GridConfig("gpu") if stepped else GridConfig("cpu")
     table = profile_network(model, input_shape, be, out_path, grid=grid, protocol=protocol, network_name=name)
     graph = trace_channel_graph(model, _check_shape(input_shape))
     from hwdsa.lut.calibrate import calibrations, graph_signature
@@ -285,10 +365,13 @@ def latency_table_for(
 
 __all__ = [
     "MIN_KEEP_RATIO",
+    "backend_for_table",
     "calibrate_table",
+    "calibration_networks",
     "latency_table_for",
     "deployable",
     "measure_pruned",
+    "measure_rounds",
     "profile_network",
     "pruned_network",
     "random_channels",

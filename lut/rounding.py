@@ -23,14 +23,16 @@ from hwdsa.lut.fit import parse_interpolation
 _log = logging.getLogger(__name__)
 
 
-def _steps(cost: LatencyCost, group: int, multiple: int | None) -> list[int]:
+def _steps(cost: LatencyCost, group: int, multiple: int | None, *, below_multiple: bool = False) -> list[int]:
     """The counts `group` may be rounded to: multiples of `multiple`, or the table's step points.
 
-    The full width is always one (pruning may keep a group whole).
+    The full width is always one (pruning may keep a group whole); `below_multiple` adds the table's
+    measured counts under `multiple` (1, 2, 4 on a "gpu" grid).
     """
     size = cost.group_sizes[group]
     if multiple is not None:
-        return sorted(set(range(multiple, size + 1, multiple)) | {size})
+        small = {p for p in cost.step_points(group) if p < multiple} if below_multiple else set()
+        return sorted(set(range(multiple, size + 1, multiple)) | {size} | small)
     return sorted(set(cost.step_points(group)) | {size})
 
 
@@ -142,6 +144,7 @@ def round_to_latency_optimal(
     limit: float,
     *,
     multiple: int | None = None,
+    below_multiple: bool = False,
 ) -> tuple[int, ...]:
     """Integer channel counts near `channels` that keep ``cost.exact(counts) <= limit``.
 
@@ -171,7 +174,9 @@ def round_to_latency_optimal(
     The result keeps the budget by construction and, among the neighbours, prefers counts the device
     runs fastest per channel kept: the channel count is the accuracy proxy. On a coarse (CPU) grid
     the step points are far apart; pass ``multiple=1`` to round to any integer (priced by
-    interpolation between the measured points) or a vector width such as 8.
+    interpolation between the measured points) or a vector width such as 8. `below_multiple` also
+    allows the table's measured counts under `multiple` (a device's channel lattice, below which a
+    heavy budget would otherwise be out of reach).
 
     Raises:
         BudgetInfeasibleError: no neighbour configuration, even one channel per group, meets `limit`.
@@ -185,7 +190,7 @@ def round_to_latency_optimal(
     for g, (x, c) in enumerate(zip(channels, sizes)):
         if not (math.isfinite(float(x)) and 0 < float(x) <= c + 1e-9):
             raise ConfigError(f"group {g}: count {x} outside (0, {c}]")
-    steps = [_steps(cost, g, multiple) for g in range(len(sizes))]
+    steps = [_steps(cost, g, multiple, below_multiple=below_multiple) for g in range(len(sizes))]
     cands = [_neighbours(float(x), steps[g]) for g, x in enumerate(channels)]
     current = [cs[0] for cs in cands]
     latency = cost.exact(current)
@@ -219,9 +224,16 @@ def round_to_latency_optimal(
             if best is None or saving > best[0]:
                 best = (saving, g, lower, lat)
         if best is None:
+            if multiple == 1:
+                smallest, finer = "one channel per group", ""
+            elif multiple is None:
+                smallest, finer = "the table's smallest measured count per group", " or round to whole channels (--round-to 1)"
+            else:
+                smallest = f"every group at {multiple} channels (narrower groups whole)"
+                finer = f" or allow counts off the device's {multiple}-channel lattice (--round-to 1; they run slower)"
             raise BudgetInfeasibleError(
-                f"no channel counts meet the latency budget {limit:.4g} ms: one channel per group already costs "
-                f"{latency:.4g} ms; raise the budget"
+                f"no channel counts meet the latency budget {limit:.4g} ms: {smallest} already costs "
+                f"{latency:.4g} ms; raise the budget{finer}"
             )
         _, g, lower, latency = best
         cands[g] = sorted({lower, current[g]})
@@ -291,7 +303,10 @@ def round_for_budgets(
 
     With a single `LatencyCost` budget the counts come from `round_to_latency_optimal`, which fills the
     budget as closely as the table allows: to the table's step points on GPU backends (a staircase),
-    else to whole channels (or multiples of `multiple`). Any other combination of budgets goes through
+    else to multiples of `multiple`, by default the table's channel lattice (`TableMeta.channel_multiple`:
+    8 for ONNX Runtime's NCHWc kernels, whose off-lattice counts run about 2x slower; 1, whole
+    channels, for PyTorch on the CPU) and the table's measured counts below it (1, 2, 4: a stage of
+    ResNet-20 at 8 channels already costs 40% of the dense latency there). Any other combination of budgets goes through
     `hwdsa.dsa.search.channels_within_budgets`, which meets every budget.
     """
     if len(budgets) != 1 or not isinstance(budgets[0].cost, LatencyCost):
@@ -303,8 +318,10 @@ def round_for_budgets(
     r = ratios.detach().double().cpu().tolist()
     counts = [min(float(c), max(1.0, float(x) * c)) for x, c in zip(r, sizes)]
     stepped = cost.meta is not None and cost.meta.backend in STEPPED_BACKENDS
-    step = multiple if multiple is not None else (None if stepped else 1)
-    return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step))
+    lattice = cost.meta.channel_multiple if cost.meta is not None else 1
+    step = multiple if multiple is not None else (None if stepped else lattice)
+    on_lattice = multiple is None and not stepped and lattice > 1  # the table's lattice, not a user's --round-to
+    return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step, below_multiple=on_lattice))
 
 
 __all__ = ["STEPPED_BACKENDS", "round_for_budgets", "round_to_latency_optimal"]

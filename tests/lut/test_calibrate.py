@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,16 @@ import torch
 
 from _lut_helpers import macs_latency, mobile_graph, residual_graph, synthetic_table
 from hwdsa.errors import ConfigError, TableError
-from hwdsa.lut.calibrate import Calibration, attach_calibration, calibrations, fit_calibration, graph_signature
+from hwdsa.lut.calibrate import (
+    WEIGHT_BANDWIDTHS_GBPS,
+    Calibration,
+    attach_calibration,
+    calibrations,
+    fit_calibration,
+    graph_signature,
+)
 from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.fit import weight_mb
 from hwdsa.lut.grid import GridConfig
 from hwdsa.lut.table import LatencyTable
 
@@ -63,6 +72,65 @@ def test_scale_only() -> None:
     pairs = [(c, ms - OFFSET_MS) for c, ms in _pairs(cost, 4)]
     cal = fit_calibration(cost, pairs, fit_offset=False)
     assert cal.offset_ms == 0.0 and cal.scale == pytest.approx(SCALE, rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["huber", "linear"])
+def test_anchored_fit_goes_through_the_dense_measurement(method: str) -> None:
+    """A fraction budget is a fraction of the dense network's measured latency: the fit is exact there."""
+    _, cost = _setup()
+    dense_ms = SCALE * cost.dense + OFFSET_MS
+    others = _pairs(cost, 7, noise=0.002, seed=1)
+    exact = fit_calibration(cost, [(list(cost.group_sizes), dense_ms), *others], method=method, anchor=0)  # type: ignore[arg-type]
+    assert exact.scale == pytest.approx(SCALE, rel=0.05) and exact.offset_ms == pytest.approx(OFFSET_MS, abs=0.005)
+    pairs = [(list(cost.group_sizes), dense_ms * 1.02), *others]  # the dense timing lies off the others' line
+    free = fit_calibration(cost, pairs, method=method)  # type: ignore[arg-type]
+    anchored = fit_calibration(cost, pairs, method=method, anchor=0)  # type: ignore[arg-type]
+    assert anchored.anchored and not free.anchored
+    assert anchored.residuals_ms[0] == pytest.approx(0.0, abs=1e-12)
+    assert anchored.apply(cost.dense) == pytest.approx(pairs[0][1], rel=1e-12)
+    assert abs(free.residuals_ms[0]) > 1e-4  # a free fit spreads the dense point's error over the others
+    assert Calibration.from_json(anchored.to_json()) == anchored
+    with pytest.raises(ConfigError, match="anchor must index one of the 8 pairs"):
+        fit_calibration(cost, pairs, anchor=8)
+    with pytest.raises(ConfigError, match="needs fit_offset"):
+        fit_calibration(cost, pairs, anchor=0, fit_offset=False)
+
+
+def _floored_pairs(cost: LatencyCost, bandwidth: float, n: int) -> list[tuple[list[int], float]]:
+    """'Measurements' of a network that streams its weights at `bandwidth` GB/s: SCALE·Σ max(T, W/bw) + OFFSET."""
+    return [(c, SCALE * cost.layer_sum_ms(c, weight_bandwidth_gbps=bandwidth) + OFFSET_MS) for c, _ in _pairs(cost, n, seed=5)]
+
+
+def test_a_weight_stream_floor_is_found_and_priced() -> None:
+    graph = mobile_graph()  # a fast device: its layers take about as long as streaming their weights at 5-20 GB/s
+    cost = LatencyCost.fit(synthetic_table(graph, lambda s: macs_latency(s) / 100, config=GridConfig("gpu")), graph)
+    # a bandwidth at which the floor binds for some layers and not others, taken from the grid fit_calibration tries
+    dense = cost.breakdown(cost.group_sizes)
+    ratios = sorted(weight_mb(p.spec) / p.latency_ms for p in dense)
+    bandwidth = min(WEIGHT_BANDWIDTHS_GBPS, key=lambda b: abs(b - ratios[len(ratios) // 2]))
+    assert any(weight_mb(p.spec) / bandwidth > p.latency_ms for p in dense)
+    assert any(weight_mb(p.spec) / bandwidth < p.latency_ms for p in dense)
+    cal = fit_calibration(cost, _floored_pairs(cost, bandwidth, 12))
+    assert cal.weight_bandwidth_gbps == pytest.approx(bandwidth)
+    assert cal.scale == pytest.approx(SCALE, rel=1e-3) and cal.offset_ms == pytest.approx(OFFSET_MS, abs=1e-4)
+    assert "weights streamed at" in cal.describe() and Calibration.from_json(cal.to_json()) == cal
+    floored = cost.with_calibration(cal)
+    on_grid = [max(p for p in cost.step_points(g) if p <= c // 2) for g, c in enumerate(cost.group_sizes)]
+    assert floored.exact(on_grid) == pytest.approx(cal.apply(cost.layer_sum_ms(on_grid, weight_bandwidth_gbps=bandwidth)), rel=1e-9)
+    counts = [5, 13, 20]  # between grid points the floored surface is interpolated, like the table's
+    assert floored.exact(counts) == pytest.approx(cal.apply(cost.layer_sum_ms(counts, weight_bandwidth_gbps=bandwidth)), rel=1e-2)
+    for table_part, run_part in zip(cost.breakdown(on_grid), floored.breakdown(on_grid)):
+        assert run_part.latency_ms == pytest.approx(max(table_part.latency_ms, weight_mb(table_part.spec) / bandwidth))
+    assert floored.layer_sum_ms(counts) == cost.layer_sum_ms(counts)  # a calibration is fitted on the table's sums
+    alpha = torch.tensor([0.3, 0.5, 0.9], dtype=torch.float64, requires_grad=True)
+    value = floored(alpha)
+    value.backward()
+    assert alpha.grad is not None and bool(torch.isfinite(alpha.grad).all()) and bool((alpha.grad >= 0).all())
+    unfloored = cost.with_calibration(dataclasses.replace(cal, weight_bandwidth_gbps=None))
+    assert float(value.detach()) > float(unfloored(alpha.detach()))  # the floor only ever adds time
+    plain = fit_calibration(cost, _pairs(cost, 12))  # an affine network: no floor earns its place
+    assert plain.weight_bandwidth_gbps is None
+    assert fit_calibration(cost, _floored_pairs(cost, bandwidth, 12), weight_floor=False).weight_bandwidth_gbps is None
 
 
 def test_stored_with_the_table_and_applied(tmp_path: Path) -> None:

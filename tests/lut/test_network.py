@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -14,12 +15,21 @@ from hwdsa.graph import trace_channel_graph
 from hwdsa.lut.calibrate import calibrations
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import GridConfig
-from hwdsa.lut.network import calibrate_table, deployable, measure_pruned, profile_network, pruned_network, random_channels
+from hwdsa.lut.network import (
+    calibrate_table,
+    calibration_networks,
+    deployable,
+    measure_pruned,
+    measure_rounds,
+    profile_network,
+    pruned_network,
+    random_channels,
+)
 from hwdsa.lut.table import LatencyTable
 from hwdsa.models import create_model
 from hwdsa.profilers.base import TimingProtocol
 
-LIGHT = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05)
+LIGHT = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05, rounds=1)
 SHAPE = (1, 12, 12)
 GRID = GridConfig("cpu", cpu_points=2)
 
@@ -49,6 +59,26 @@ def test_random_channels_stay_in_range() -> None:
         random_channels(graph, rng, low=0.0)
 
 
+def test_random_channels_on_a_lattice() -> None:
+    graph = trace_channel_graph(create_model("resnet20"), (3, 32, 32))
+    rng = random.Random(1)
+    seen = set()
+    for _ in range(60):
+        ch = random_channels(graph, rng, multiple=8)
+        assert all(k % 8 == 0 and 8 <= k <= c for k, c in zip(ch, graph.group_sizes))
+        seen.update(ch)
+    assert {8, 16, 64} <= seen and len(seen) > 5  # heavily pruned to whole groups, and in between
+    narrow = trace_channel_graph(_model(), SHAPE)  # groups no wider than the lattice stay whole, as rounding keeps them
+    for _ in range(10):
+        ch = random_channels(narrow, rng, multiple=16)
+        assert all(k == c for k, c in zip(ch, narrow.group_sizes) if c <= 16)
+    with pytest.raises(ConfigError, match="multiple must be >= 1"):
+        random_channels(graph, rng, multiple=0)
+    nets = calibration_networks(graph, 5, seed=3, multiple=8)
+    assert nets[0] == list(graph.group_sizes) and len(nets) == 5
+    assert nets == calibration_networks(graph, 5, seed=3, multiple=8)  # seeded
+
+
 def test_pruned_and_folded_network_computes_the_same_as_the_pruned_one() -> None:
     model = _model().eval()
     with torch.no_grad():  # non-trivial BatchNorm statistics, so folding them matters
@@ -75,6 +105,9 @@ def test_measure_pruned_times_each_network(table_path: Path) -> None:
     nets = [list(graph.group_sizes), [1] * len(graph.group_sizes)]
     ms = measure_pruned(model, graph, nets, get_backend("torch_cpu", num_threads=1), LIGHT, rounds=2)
     assert len(ms) == 2 and all(m > 0 for m in ms)
+    per_round = measure_rounds(model, graph, nets, get_backend("torch_cpu", num_threads=1), dataclasses.replace(LIGHT, rounds=3))
+    assert [len(r) for r in per_round] == [3, 3]  # the protocol's rounds, per network
+    assert all(m.median_ms > 0 for r in per_round for m in r)
     with pytest.raises(ConfigError, match="rounds must be >= 1"):
         measure_pruned(model, graph, nets, get_backend("torch_cpu"), LIGHT, rounds=0)
 

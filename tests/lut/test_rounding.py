@@ -89,8 +89,12 @@ def test_multiple_rounds_to_multiples() -> None:
 
 def test_infeasible_and_bad_input() -> None:
     cost = _two_layer_cost()
-    with pytest.raises(BudgetInfeasibleError, match="one channel per group already costs"):
+    with pytest.raises(BudgetInfeasibleError, match="the table's smallest measured count per group already costs"):
         round_to_latency_optimal([10.0, 10.0], cost, 1e-6)
+    with pytest.raises(BudgetInfeasibleError, match="one channel per group already costs"):
+        round_to_latency_optimal([10.0, 10.0], cost, 1e-6, multiple=1)
+    with pytest.raises(BudgetInfeasibleError, match=r"every group at 16 channels .*--round-to 1"):
+        round_to_latency_optimal([10.0, 10.0], cost, 1e-6, multiple=16)
     with pytest.raises(ConfigError, match="expected 2 channel counts"):
         round_to_latency_optimal([10.0], cost, 1.0)
     with pytest.raises(ConfigError, match="group 1: count 70.0 outside \\(0, 64\\]"):
@@ -116,6 +120,32 @@ def test_round_for_budgets_fills_a_latency_budget_and_defers_other_budgets() -> 
     flops = Budget.fraction_of_dense(FlopsCost(graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])), 0.5)
     both = round_for_budgets(ratios, [budget, flops], cost.group_sizes)
     assert both == channels_within_budgets(ratios, [budget, flops], cost.group_sizes)
+
+
+def test_round_for_budgets_stays_on_the_tables_channel_lattice() -> None:
+    import torch
+
+    from hwdsa.costs import Budget
+    from hwdsa.lut.rounding import round_for_budgets
+
+    graph = graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])
+    table = synthetic_table(graph, macs_latency, config=GridConfig("gpu"))
+    lattice = LatencyCost.fit(table.with_meta(extra={"channel_multiple": 8}), graph)
+    budget = Budget.fraction_of_dense(lattice, 0.5)
+    ratios = torch.tensor([0.53, 0.41])
+    counts = round_for_budgets(ratios, [budget], lattice.group_sizes)
+    assert all(k % 8 == 0 for k in counts) and lattice.exact(counts) <= budget.limit
+    assert counts == list(round_to_latency_optimal([0.53 * 64, 0.41 * 64], lattice, budget.limit, multiple=8))
+    assert round_for_budgets(ratios, [budget], lattice.group_sizes, multiple=1) != counts  # an explicit multiple wins
+    plain = LatencyCost.fit(table, graph)  # no lattice recorded: whole channels
+    assert plain.meta is not None and plain.meta.channel_multiple == 1
+    # a budget below "every group at 8 channels" still rounds: to the table's measured counts under the lattice
+    tight = Budget(lattice, 0.9 * lattice.exact([8, 8]))
+    small = round_for_budgets(torch.tensor([0.05, 0.05]), [tight], lattice.group_sizes)
+    assert lattice.exact(small) <= tight.limit and all(k % 8 == 0 or k in lattice.step_points(g) for g, k in enumerate(small))
+    assert min(small) < 8
+    with pytest.raises(BudgetInfeasibleError, match="every group at 8 channels"):  # a user's --round-to 8 is strict
+        round_for_budgets(torch.tensor([0.05, 0.05]), [tight], lattice.group_sizes, multiple=8)
 
 
 def test_fill_takes_the_free_channels_of_a_staircase_and_the_fast_widths_beyond() -> None:
@@ -149,7 +179,7 @@ def _resnet20_on_the_shipped_onnx_table() -> tuple[LatencyCost, list[int]]:
 
 def test_grow_fills_a_real_non_monotone_budget_to_within_one_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """ONNX Runtime on this CPU: the search prices with the monotone envelope, which over-prices; the old
-    rounding (neighbours of the searched counts only) then left >10% of the budget unused."""
+    rounding (neighbours of the searched counts only) left budget unused (>10% on an earlier table)."""
     import torch
 
     from hwdsa.costs import Budget
@@ -172,4 +202,5 @@ def test_grow_fills_a_real_non_monotone_budget_to_within_one_step(monkeypatch: p
 
     monkeypatch.setattr(rounding, "_grow_to_limit", lambda current, latency, *_: (current, latency))
     old = round_to_latency_optimal(searched, cost, budget.limit, multiple=1)
-    assert cost.exact(old) < 0.9 * budget.limit < cost.exact(counts)
+    assert cost.exact(counts) >= 0.99 * budget.limit
+    assert not _no_step_up_fits(cost, old, budget.limit, [list(range(1, c + 1)) for c in sizes])  # without it, budget is left

@@ -1,0 +1,114 @@
+"""Closing the loop on the device (`hwdsa.lut.verify`): real tables, real pruned networks timed on this CPU.
+
+Timings are noisy, so the assertions are the rules the check must keep whatever the machine does: the
+candidates are roundings of the search under their limits, the counts kept were timed, the target is
+the fraction of the dense network measured alongside, and the kept candidate is the largest within it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hwdsa.costs import Budget, FlopsCost
+from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.graph import trace_channel_graph
+from hwdsa.lut.cost_model import LatencyCost
+from hwdsa.lut.grid import GridConfig
+from hwdsa.lut.network import backend_for_table, profile_network
+from hwdsa.lut.table import LatencyTable
+from hwdsa.lut.verify import DEFAULT_LADDER, meet_measured_budget
+from hwdsa.models import create_model
+from hwdsa.profilers.base import TimingProtocol
+
+LIGHT = TimingProtocol(warmup=2, repeats=7, max_attempts=1, min_run_ms=0.2, rounds=3)
+SHAPE = (1, 16, 16)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("small_cnn", in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("verify") / "t.csv"
+    profile_network(_model(), SHAPE, "torch_cpu", path, grid=GridConfig("cpu", cpu_points=3), protocol=LIGHT, num_threads=1)
+    return path
+
+
+@pytest.mark.parametrize("fraction", [0.6, 0.8])
+def test_keeps_the_largest_timed_candidate_within_the_target(table_path: Path, fraction: float) -> None:
+    model = _model()
+    graph = trace_channel_graph(model, SHAPE)
+    table = LatencyTable.read(table_path)
+    cost = LatencyCost.fit(table, graph)
+    budget = Budget.fraction_of_dense(cost, fraction)
+    check = meet_measured_budget(
+        model, graph, [fraction] * len(graph.group_sizes), budget, backend_for_table(table.meta), fraction=fraction, protocol=LIGHT
+    )
+    rows = check.candidates
+    first = [r for r in rows if not r.get("refined")]
+    assert 2 <= len(first) <= len(DEFAULT_LADDER) and len({tuple(r["channels"]) for r in first}) == len(first)
+    assert [r["limit_ms"] for r in rows] == sorted(r["limit_ms"] for r in rows)
+    for r in rows:  # every candidate is a rounding of the search under its limit, priced by the model
+        assert r["predicted_ms"] <= r["limit_ms"] * (1 + 1e-9) and r["predicted_ms"] == pytest.approx(cost.exact(r["channels"]))
+    assert any(tuple(r["channels"]) == check.channels and r["measured_ms"] == check.measured_ms for r in rows)  # timed
+    assert check.target_ms == pytest.approx(fraction * check.dense_measured_ms)  # the budget as measured now
+    # the run that decided: the refinement's when it found a candidate within its target, else the ladder's
+    refined = [r for r in rows if r.get("refined")]
+    decided = refined if refined and tuple(check.channels) in {tuple(r["channels"]) for r in refined} else [r for r in rows if not r.get("refined")]
+    within = [r["measured_ms"] for r in decided if r["measured_ms"] <= check.target_ms]
+    assert check.met == bool(within)
+    assert check.measured_ms == (max(within) if within else min(r["measured_ms"] for r in decided))
+    assert check.to_json()["channels"] == list(check.channels)
+
+
+def test_an_absolute_budget_is_its_own_target(table_path: Path) -> None:
+    model = _model()
+    graph = trace_channel_graph(model, SHAPE)
+    table = LatencyTable.read(table_path)
+    cost = LatencyCost.fit(table, graph)
+    budget = Budget(cost, 0.7 * cost.dense)
+    check = meet_measured_budget(model, graph, [0.7] * len(graph.group_sizes), budget, backend_for_table(table.meta), protocol=LIGHT, ladder=(0.9, 1.0))
+    assert check.target_ms == budget.limit and 1 <= len(check.candidates) <= 2
+
+
+def test_refusals(table_path: Path) -> None:
+    model = _model()
+    graph = trace_channel_graph(model, SHAPE)
+    table = LatencyTable.read(table_path)
+    backend = backend_for_table(table.meta)
+    ratios = [0.5] * len(graph.group_sizes)
+    with pytest.raises(ConfigError, match="needs a latency budget"):
+        meet_measured_budget(model, graph, ratios, Budget.fraction_of_dense(FlopsCost(graph), 0.5), backend)
+    cost = LatencyCost.fit(table, graph)
+    latency = Budget.fraction_of_dense(cost, 0.5)
+    with pytest.raises(ConfigError, match="ladder must hold positive factors"):
+        meet_measured_budget(model, graph, ratios, latency, backend, ladder=(0.9, 0.0))
+    with pytest.raises(ConfigError, match="fraction must lie in"):
+        meet_measured_budget(model, graph, ratios, latency, backend, fraction=1.5)
+    with pytest.raises(BudgetInfeasibleError, match="no rounding meets even 1.1 x the latency budget"):
+        meet_measured_budget(model, graph, ratios, Budget(cost, 1e-6), backend, ladder=(1.0, 1.1))
+
+
+def test_a_coarse_ladder_is_refined_between_the_rungs_that_straddle_the_target(table_path: Path) -> None:
+    model = _model()
+    graph = trace_channel_graph(model, SHAPE)
+    table = LatencyTable.read(table_path)
+    budget = Budget.fraction_of_dense(LatencyCost.fit(table, graph), 0.7)
+    check = meet_measured_budget(
+        model, graph, [0.7] * len(graph.group_sizes), budget, backend_for_table(table.meta), fraction=0.7, protocol=LIGHT,
+        ladder=(0.5, 1.5),
+    )  # fmt: skip
+    first = [r for r in check.candidates if not r.get("refined")]
+    refined = [r for r in check.candidates if r.get("refined")]
+    under = [r for r in first if r["measured_ms"] <= 0.7 * check.dense_measured_ms]
+    straddles = under and any(r["measured_ms"] > 0.7 * check.dense_measured_ms for r in first)
+    if straddles and refined:  # the finer roundings lie between the two rungs
+        lo, hi = first[0]["limit_ms"], first[-1]["limit_ms"]
+        assert all(lo <= r["limit_ms"] <= hi for r in refined) and len(refined) >= 3
+    assert bool(refined) <= bool(straddles)  # no refinement without a straddle

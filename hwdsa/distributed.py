@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def is_distributed() -> bool:
@@ -74,6 +76,15 @@ def broadcast_module_(module: nn.Module, src: int = 0) -> None:
     if is_distributed():
         for t in [*module.parameters(), *module.buffers()]:
             dist.broadcast(t.data, src)
+
+
+def broadcast_object(obj: _T, src: int = 0) -> _T:
+    """Rank `src`'s `obj` (picklable) on every rank; `obj` itself when not distributed."""
+    if not is_distributed():
+        return obj
+    box: list[Any] = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]  # type: ignore[no-any-return]
 
 
 def barrier() -> None:

@@ -20,9 +20,9 @@ from torch import nn
 
 from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hwdsa.costs import Budget, CostModel, FlopsCost, ParamsCost
+from hwdsa.costs import Budget, CostModel, FlopsCost, ParamsCost, dense_reference
 from hwdsa.counting import count_flops, count_params
-from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, world_size
+from hwdsa.distributed import barrier, broadcast_object, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
 from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, channels_within_budgets
@@ -85,6 +85,9 @@ class PruneJobConfig:
     """Profile this backend (e.g. "onnxruntime") into `<out>/latency_table.csv` when no table is given."""
     fixed_keep_ratios: tuple[float, ...] | None = None
     """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
+    verify_latency: bool = False
+    """Time candidate roundings on the table's backend (this machine must be its device) and keep the largest
+    whose measured latency meets the latency budget (`hwdsa.lut.verify`)."""
 
     def __post_init__(self) -> None:
         if not self.budgets and self.fixed_keep_ratios is None:
@@ -93,6 +96,8 @@ class PruneJobConfig:
             raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
+        if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
+            raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -311,6 +316,8 @@ class PruneJob:
             result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume)
             ratios = result.keep_ratios
             channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            if cfg.verify_latency:
+                channels = self._verify_latency(unwrap(model), graph, ratios, budgets[0], latency_table, timings)
             history = result.history
             timings["search_s"] = result.seconds
             timings["search_s_per_step"] = result.seconds / max(1, result.weight_steps)
@@ -356,7 +363,7 @@ class PruneJob:
             "model": cfg.model,
             "dataset": cfg.dataset,
             "flow": "from_scratch" if cfg.from_scratch else ("fixed_ratios" if cfg.fixed_keep_ratios else "pretrained"),
-            "budgets": {b.cost.name: {"limit": b.limit, "unit": b.cost.unit, "fraction_of_dense": b.limit / b.cost.dense, "achieved": b.cost.exact(channels)} for b in budgets},
+            "budgets": {b.cost.name: {"limit": b.limit, "unit": b.cost.unit, "fraction_of_dense": b.limit / dense_reference(b.cost), "achieved": b.cost.exact(channels)} for b in budgets},
             "dense": {"accuracy": dense_acc, "flops": dense_flops, "params": dense_params},
             "pruned": {
                 "accuracy": pruned_acc,
@@ -375,6 +382,9 @@ class PruneJob:
             "device": str(device),
             "admm": {k: v for k, v in cfg.admm.to_dict().items()},
         }
+        check_path = self.out / "latency_check.json"
+        if cfg.verify_latency and check_path.is_file():  # written by _verify_latency (this run or the resumed one)
+            report["latency_check"] = json.loads(check_path.read_text(encoding="utf-8"))
         if is_main_process():
             save_pruned(
                 self.out / "pruned.pt",
@@ -387,6 +397,30 @@ class PruneJob:
             self.checkpoint.unlink(missing_ok=True)
         barrier()
         return report
+
+
+    def _verify_latency(
+        self, model: nn.Module, graph: ChannelGraph, ratios: list[float], budget: Budget, table_path: str | None,
+        timings: dict[str, Any],
+    ) -> list[int]:  # fmt: skip
+        """`hwdsa.lut.verify.meet_measured_budget` on the main process; every rank gets its counts."""
+        from hwdsa.lut.network import backend_for_table
+        from hwdsa.lut.table import LatencyTable
+        from hwdsa.lut.verify import meet_measured_budget
+
+        channels: list[int] = []
+        if is_main_process():
+            assert table_path is not None  # a latency budget always has its table
+            backend = backend_for_table(LatencyTable.read(table_path).meta)
+            spec = self.config.budgets[0]
+            t0 = time.perf_counter()
+            check = meet_measured_budget(
+                model, graph, ratios, budget, backend, fraction=spec.fraction, multiple=self.config.round_to
+            )
+            timings["verify_latency_s"] = time.perf_counter() - t0
+            write_json_atomic(self.out / "latency_check.json", check.to_json())
+            channels = list(check.channels)
+        return broadcast_object(channels)
 
 
 def _model_kwargs(name: str, input_shape: tuple[int, ...]) -> dict[str, Any]:

@@ -123,6 +123,7 @@ def test_from_scratch_under_two_budgets_with_json_output(tmp_path: Path, capsys:
         (["--flops", "1.5"], r"--flops expects a fraction of the dense cost in \(0, 1\]"),
         (["--flops", "0.001"], "smallest reachable"),
         (["--latency", "0.5"], "--latency-table"),
+        (["--flops", "0.5", "--verify-latency"], "--verify-latency checks a latency budget"),
     ],
 )
 def test_bad_budgets_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], match: str) -> None:
@@ -195,3 +196,28 @@ def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path)
         rows = list(csv.DictReader(f))
     assert [int(r["kept"]) for r in rows] == [max(1, round(0.5 * int(r["channels"]))) for r in rows]
     assert report["pruned"]["flops_fraction"] < 0.5
+
+
+def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--verify-latency`: the counts kept are ones that were timed here against the dense network."""
+    from hwdsa.lut.grid import GridConfig
+    from hwdsa.lut.network import profile_network
+    from hwdsa.models import create_model
+    from hwdsa.profilers import TimingProtocol
+
+    table = tmp_path / "ort.csv"
+    profile_network(
+        create_model("small_cnn", in_channels=1), (1, 28, 28), "onnxruntime", table, grid=GridConfig("cpu", cpu_points=3),
+        protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    argv = ["prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(table), "--verify-latency", "--out", str(out)]
+    assert main(["-q", *argv]) == 0
+    report = json.loads((out / "report.json").read_text())
+    check = report["latency_check"]
+    assert check == json.loads((out / "latency_check.json").read_text())
+    assert report["channels"] == check["channels"] and any(c["channels"] == check["channels"] for c in check["candidates"])
+    assert check["target_ms"] == pytest.approx(0.8 * check["dense_measured_ms"])
+    assert check["met"] == (check["measured_ms"] <= check["target_ms"])
+    assert report["timings"]["verify_latency_s"] > 0
+    assert "latency (ms, measured)" in capsys.readouterr().out

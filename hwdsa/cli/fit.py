@@ -1,9 +1,11 @@
 """`hwdsa fit`: fit a model's latency cost to a table and calibrate it against end-to-end timings.
 
-The per-layer sum misses launch overhead, fusion and the operators the table does not hold, so a
-handful of randomly pruned copies of the model are timed whole on the table's own backend (on this
-machine, which must be the table's device) and ``latency ≈ scale · layer sum + offset`` is fitted.
-The calibration is stored in the table's header, so `hwdsa prune --latency-table` picks it up.
+The per-layer sum misses launch overhead, fusion, the operators the table does not hold and the
+weights a network streams from beyond the caches, so a handful of randomly pruned copies of the model
+(on the table's channel lattice) are timed whole on the table's own backend (on this machine, which
+must be the table's device) and ``latency ≈ scale · Σ max(layer, weights / bandwidth) + offset`` is
+fitted on relative errors (`hwdsa.lut.calibrate.fit_calibration`). The calibration, with the dense
+network's measured latency, is stored in the table's header, so `hwdsa prune --latency-table` picks it up.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hwdsa.errors import ConfigError, TableError
+from hwdsa.errors import ConfigError
 
 if TYPE_CHECKING:
     from hwdsa.profilers.backend import Backend
@@ -27,7 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--name", help="name the calibration is stored under (default: the model's)")
     p.add_argument("--networks", type=int, default=8, help="networks timed end to end: the dense one and N-1 random prunings (default 8)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds per network; the median is kept (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prunings")
     p.add_argument(
         "--interpolation", default=None,
@@ -35,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ceil:16 for ONNX Runtime's NCHWc kernels on AVX-512); stored with the table (default: the table's, else linear)",
     )  # fmt: skip
     p.add_argument("--method", default="huber", choices=["huber", "linear"], help="regression of the calibration (default huber)")
+    p.add_argument(
+        "--anchor-dense", action="store_true",
+        help="make the fit go through the dense network's measurement (default: fit it like the others; --latency 0.5 "
+        "is half of its measured latency either way)",
+    )  # fmt: skip
     add_backend_option_arguments(p, from_table=True)
     p.add_argument("--out", help="where to write the calibrated table (default: overwrite TABLE)")
     p.add_argument("--no-calibrate", action="store_true", help="only check that the table prices the model (no timing)")
@@ -44,22 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def backend_for_table(meta: Any, args: argparse.Namespace) -> Backend:
     """The table's backend with the options it was measured with, overridden by the flags given."""
+    from hwdsa.lut.network import backend_for_table as for_table
     from hwdsa.profilers.__main__ import backend_options_from_args
-    from hwdsa.profilers.backend import get_backend
 
-    recorded = dict(meta.extra.get("backend_options", {}))
-    options: dict[str, Any] = {k: v for k, v in recorded.items() if k not in ("provider",)}
-    if options.get("num_threads") == 0:
-        options.pop("num_threads")  # 0 records "the library's default"
-    options.update(backend_options_from_args(args))
-    backend = get_backend(meta.backend, **options)
-    here = backend.device_description()
-    if here != meta.device:
-        raise TableError(
-            f"the table was measured on {meta.device!r} but this machine is {here!r}: calibrate it on that device "
-            "(timings from another one would be meaningless), or profile this one with `hwdsa profile`"
-        )
-    return backend
+    return for_table(meta, **backend_options_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,17 +84,21 @@ def run(args: argparse.Namespace) -> int:
         backend = backend_for_table(table.meta, args)
         table, cal = calibrate_table(
             table, model, shape, backend, name=args.name or args.model, networks=args.networks, seed=args.seed,
-            protocol=protocol_from_args(args), rounds=args.rounds, method=args.method, interpolation=args.interpolation,
+            protocol=protocol_from_args(args), method=args.method, interpolation=args.interpolation,
+            anchor_dense=args.anchor_dense,
         )  # fmt: skip
         out = Path(args.out or args.table)
         table.write(out)
         summary.update(
             calibration=args.name or args.model,
+            fit=cal.describe(),
+            weight_bandwidth_gbps=cal.weight_bandwidth_gbps,
             scale=cal.scale,
             offset_ms=cal.offset_ms,
             rmse_ms=cal.rmse_ms,
             max_rel_error=cal.max_rel_error,
-            dense_ms=cal.apply(cost.dense),
+            dense_ms=cost.with_calibration(cal).dense,
+            dense_measured_ms=cal.dense_ms,
             written=str(out),
         )
     if args.json:
@@ -109,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{args.model}: {summary['layers']} layers, {summary['groups']} channel groups priced by {args.table}; dense layer sum {cost.dense:.4g} ms")
     if not args.no_calibrate:
         print(
-            f"calibration {summary['calibration']!r}: latency ≈ {summary['scale']:.4g} · layer sum + {summary['offset_ms']:.4g} ms "
+            f"calibration {summary['calibration']!r}: latency ≈ {summary['fit']} "
             f"over {args.networks} networks (rmse {summary['rmse_ms']:.3g} ms, max error {100 * summary['max_rel_error']:.1f}%); "
-            f"dense {summary['dense_ms']:.4g} ms; written to {summary['written']}"
+            f"dense {summary['dense_measured_ms']:.4g} ms measured, {summary['dense_ms']:.4g} ms predicted; "
+            f"written to {summary['written']}"
         )
     return 0

@@ -20,6 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency", help="latency budget: a fraction of the dense model's (0.5) or a time (2.5ms)")
     p.add_argument("--latency-table", help="lookup table (CSV from `hwdsa profile`) for --latency")
     p.add_argument("--latency-backend", help="no table yet: profile and calibrate this backend (e.g. onnxruntime) first")
+    p.add_argument(
+        "--verify-latency", action="store_true", default=None,
+        help="after the search, time candidate roundings on the table's backend (this machine must be the table's "
+        "device) against the dense network, and keep the largest whose measured latency meets --latency",
+    )  # fmt: skip
     p.add_argument("--from-scratch", action="store_true", default=None, help="search from random weights (no pre-training)")
     p.add_argument("--weights", help="state dict of a pre-trained dense model to start from")
     p.add_argument("--pretrain-epochs", type=int, help="epochs to pre-train the dense model when no --weights are given")
@@ -62,6 +67,7 @@ def config_from_args(args: argparse.Namespace):  # -> PruneJobConfig
             "device": args.device,
             "latency_table": args.latency_table,
             "latency_backend": args.latency_backend,
+            "verify_latency": args.verify_latency,
         }.items()
         if v is not None
     }
@@ -94,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         lat = report["budgets"]["latency"]
         dense_ms = lat["limit"] / lat["fraction_of_dense"]
         rows.append(["latency (ms, table)", dense_ms, lat["achieved"], lat["achieved"] / dense_ms])
+    if "latency_check" in report:  # timed on the device
+        chk = report["latency_check"]
+        rows.append(["latency (ms, measured)", chk["dense_measured_ms"], chk["measured_ms"], chk["measured_ms"] / chk["dense_measured_ms"]])
     print(f"\n{config.model} on {config.dataset}, budgets: "
           + ", ".join(f"{k} ≤ {v['fraction_of_dense']:.0%} of dense" for k, v in report["budgets"].items()))
     print(format_table(rows, ["", "dense", "pruned", "change / fraction"]))

@@ -18,7 +18,7 @@ from hwdsa.profilers.backend import Backend
 
 SHAPE = (1, 12, 12)
 MODEL = ["--model", "small_cnn", "--input-shape", "1,12,12"]
-LIGHT = ["--warmup", "1", "--repeats", "5", "--max-attempts", "1", "--min-run-ms", "0.05"]
+LIGHT = ["--warmup", "1", "--repeats", "5", "--max-attempts", "1", "--min-run-ms", "0.05", "--rounds", "1"]
 GRID = ["--grid", "cpu", "--cpu-points", "2"]
 
 
@@ -58,7 +58,9 @@ def test_fit_calibrates_and_stores_it_with_the_table(profiled: Path, tmp_path: P
     # the cost model picks the stored calibration up by itself
     cost = LatencyCost.fit(table, _graph())
     assert cost.calibration == cal
-    assert cost.dense == pytest.approx(cal.apply(cost.layer_sum_ms(cost.group_sizes)))
+    assert cost.dense == pytest.approx(cal.apply(cost.layer_sum_ms(cost.group_sizes, weight_bandwidth_gbps=cal.weight_bandwidth_gbps)))
+    assert summary["dense_ms"] == pytest.approx(cost.dense) and summary["dense_measured_ms"] == cal.dense_ms > 0
+    assert cost.measured_dense == cal.dense_ms  # what --latency 0.5 takes half of
     assert len(table) == len(LatencyTable.read(profiled))  # the measurements are untouched
 
 
@@ -153,7 +155,7 @@ def test_prune_profiles_the_device_when_given_a_backend(tmp_path: Path, monkeypa
     from hwdsa.profilers.base import TimingProtocol
 
     real = network.latency_table_for
-    light = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05)
+    light = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05, rounds=1)
     # the same call `hwdsa prune` makes, on a coarser grid and a lighter protocol to keep the test short
     monkeypatch.setattr(network, "latency_table_for", lambda *a, **k: real(*a, grid=GridConfig("cpu", cpu_points=2), protocol=light, networks=3, **k))
     run = tmp_path / "run"

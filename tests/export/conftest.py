@@ -78,7 +78,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     profile_specs(
         grid_specs(graph, config=GridConfig("cpu", cpu_points=2, multiple=4)),
         get_backend("onnxruntime", num_threads=1),
-        TimingProtocol(warmup=1, repeats=3, max_attempts=1),
+        TimingProtocol(warmup=1, repeats=3, max_attempts=1, rounds=1),
         out_path=table,
     )
     run = root / "run"

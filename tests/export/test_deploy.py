@@ -17,7 +17,7 @@ from hwdsa.profilers.base import TimingProtocol
 
 from _export_helpers import ConvBnRelu
 
-FAST = TimingProtocol(warmup=1, repeats=5, max_attempts=1)
+FAST = TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1)
 SHAPE = (1, 1, 28, 28)
 
 

@@ -15,7 +15,7 @@ from hwdsa.profilers.base import Measurement, TimingProtocol
 
 from _export_helpers import ConvBnRelu
 
-FAST = TimingProtocol(warmup=1, repeats=5, max_attempts=1)
+FAST = TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1)
 
 
 @pytest.fixture(scope="module")

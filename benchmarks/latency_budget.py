@@ -2,14 +2,15 @@
 
 For every table (backend) and model: first the table's calibration for the model is refitted in this
 session, as a user runs `hwdsa fit` on the device right before pruning (`hwdsa.lut.network.calibrate_table`,
-on an in-memory copy: the shipped table is not rewritten), so the machine's present load is the one
-calibrated; then a short DSA search under the table's `LatencyCost`
-on a small CIFAR-10 subset (accuracy is not the point here), the searched keep ratios rounded to
-latency-optimal channel counts (`hwdsa.lut.rounding.round_for_budgets`, the path `hwdsa prune`
-takes), then the pruned network timed end to end on the table's backend. Reported: measured latency
-divided by the budget (goal 0.95 to 1.02): the budget as requested (the fraction times the dense
-model's latency, measured in the same rounds) and the budget in ms the fresh calibration implied. Training runs on core 0, timing on core 1 (the script
-moves itself between them). Writes `latency_budget.{json,csv,md,png}`.
+on a copy: the shipped table is not rewritten); then a short DSA search under the table's `LatencyCost`
+on a small CIFAR-10 subset (accuracy is not the point here), and two roundings of the searched keep
+ratios: the cost model's latency-optimal rounding (`hwdsa.lut.rounding.round_for_budgets`, what
+`hwdsa prune --latency F` keeps) and the one corrected by timing on the device
+(`hwdsa.lut.verify.meet_measured_budget`, what `--verify-latency` keeps). Both pruned networks and
+the dense one are then timed end to end in the same interleaved rounds. Reported: measured latency
+divided by the requested budget (the fraction times the dense model's measured latency; goal 0.95
+to 1.02). Training runs on core 0, timing on core 1 (the script moves itself between them). Writes
+`latency_budget.{json,csv,md,png}`.
 
     .venv/bin/python benchmarks/latency_budget.py --out benchmarks/results
 """
@@ -22,6 +23,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,9 +39,10 @@ from hwdsa.dsa.search import DsaSearch, SearchConfig
 from hwdsa.graph import trace_channel_graph
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import paddings_from_model
-from hwdsa.lut.network import calibrate_table, measure_pruned
+from hwdsa.lut.network import backend_for_table, calibrate_table, measure_pruned
 from hwdsa.lut.rounding import round_for_budgets
 from hwdsa.lut.table import LatencyTable, packaged_tables
+from hwdsa.lut.verify import meet_measured_budget
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
 from hwdsa.training import TrainConfig
@@ -56,9 +59,7 @@ def _on_core(core: int) -> None:
 
 
 def _backend(table: LatencyTable) -> Any:
-    from hwdsa.cli.fit import backend_for_table
-
-    return backend_for_table(table.meta, argparse.Namespace(threads=None, device=None, backend_option=[]))
+    return backend_for_table(table.meta)
 
 
 def recalibrate(table_path: Path, model_name: str, args: argparse.Namespace) -> tuple[LatencyTable, dict[str, Any]]:
@@ -72,30 +73,27 @@ def recalibrate(table_path: Path, model_name: str, args: argparse.Namespace) -> 
     shape = default_input_shape(model_name)
     graph = trace_channel_graph(model, shape)
     shipped = LatencyCost.fit(table, graph, paddings=paddings_from_model(model))
-    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms)
+    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.calibration_rounds)
     _on_core(1)
     t0 = time.perf_counter()
     fresh, cal = calibrate_table(
         table, model, shape, _backend(table), name=model_name, networks=args.calibration_networks, seed=args.seed,
-        protocol=protocol, rounds=args.calibration_rounds,
+        protocol=protocol,
     )  # fmt: skip
     _on_core(0)
     cost = LatencyCost.fit(fresh, graph, paddings=paddings_from_model(model), calibration=cal)
     info = {
         "calibration": "refitted",
         "calibration_s": time.perf_counter() - t0,
-        "calibration_scale": cal.scale,
-        "calibration_offset_ms": cal.offset_ms,
+        "calibration_fit": cal.describe(),
         "calibration_rmse_ms": cal.rmse_ms,
         "calibration_max_rel_error": cal.max_rel_error,
-        # measured minus fitted at the dense model (timed first): a fraction budget inherits this error
-        "calibration_dense_residual_ms": cal.residuals_ms[0],
+        "calibration_dense_measured_ms": cal.dense_ms,
         "shipped_dense_predicted_ms": shipped.dense if shipped.calibration is not None else float("nan"),
     }
     _log.info(
-        "%s %s: recalibrated in %.0f s: latency = %.4g x layer sum %+.4g ms (max error %.1f%%); dense %.4g ms (shipped calibration: %.4g ms)",
-        table.meta.backend, model_name, info["calibration_s"], cal.scale, cal.offset_ms, 100 * cal.max_rel_error, cost.dense,
-        info["shipped_dense_predicted_ms"],
+        "%s %s: recalibrated in %.0f s: latency = %s (max error %.1f%%); dense %.4g ms measured, %.4g ms predicted",
+        table.meta.backend, model_name, info["calibration_s"], cal.describe(), 100 * cal.max_rel_error, cal.dense_ms, cost.dense,
     )  # fmt: skip
     return fresh, info
 
@@ -140,34 +138,64 @@ def search_one(
         "searched_ratio_cost_ms": float(cost(torch.tensor(result.keep_ratios, dtype=torch.float64))),
         "flops_fraction": flops.exact(channels) / flops.dense,
         "channels": " ".join(map(str, channels)),
+        "keep_ratios": [float(r) for r in result.keep_ratios],
         "search_s": search_s,
         **calibration,
     }
 
 
+def verify_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """`hwdsa prune --verify-latency`'s step for every search (on core 1): time, correct the rounding, keep the counts."""
+    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.rounds)
+    _on_core(1)
+    for r in rows:
+        table = LatencyTable.read(r["calibrated_table"])
+        model = create_model(r["model"])
+        graph = trace_channel_graph(model, default_input_shape(r["model"]))
+        cost = LatencyCost.fit(table, graph, paddings=paddings_from_model(model))
+        budget = Budget.fraction_of_dense(cost, r["budget_fraction"])
+        t0 = time.perf_counter()
+        check = meet_measured_budget(model, graph, r["keep_ratios"], budget, _backend(table), fraction=r["budget_fraction"], protocol=protocol)
+        r["verified_channels"] = " ".join(map(str, check.channels))
+        r["verify_candidates"] = len(check.candidates)
+        r["verify_extended"] = sum(1 for c in check.candidates if c.get("extended"))
+        r["verify_own_over_target"] = check.measured_over_target  # as the check itself timed it
+        r["verify_rows"] = list(check.candidates)
+        r["verify_s"] = time.perf_counter() - t0
+        r["verified_predicted_ms"] = cost.exact(check.channels)
+    _on_core(0)
+
+
 def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Time every pruned network and its dense model end to end on its table's backend (on core 1)."""
-    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms)
+    """Time every pruned network (model-only and verified rounding) and its dense model in the same rounds (core 1)."""
+    protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.rounds)
     _on_core(1)
     for table_path, model_name in dict.fromkeys((r["table"], r["model"]) for r in rows):
         table = LatencyTable.read(table_path)
         model = create_model(model_name)
         graph = trace_channel_graph(model, default_input_shape(model_name))
         sel = [r for r in rows if r["table"] == table_path and r["model"] == model_name]
-        nets = [list(graph.group_sizes)] + [[int(c) for c in r["channels"].split()] for r in sel]
-        measured = measure_pruned(model, graph, nets, _backend(table), protocol, rounds=args.rounds)
-        for r, ms in zip(sel, measured[1:]):
+        nets = [list(graph.group_sizes)]
+        for r in sel:
+            nets.append([int(c) for c in r["channels"].split()])
+            nets.append([int(c) for c in r["verified_channels"].split()])
+        measured = measure_pruned(model, graph, nets, _backend(table), protocol)
+        for i, r in enumerate(sel):
+            ms, verified_ms = measured[1 + 2 * i], measured[2 + 2 * i]
             r["measured_ms"] = ms
+            r["verified_measured_ms"] = verified_ms
             r["dense_measured_ms"] = measured[0]
             r["measured_over_budget"] = ms / r["budget_ms"]
             r["measured_fraction_of_measured_dense"] = ms / measured[0]
             # The budget as the user states it (a fraction of the dense model's latency), with the dense model
             # timed in the same rounds: immune to the drift of this shared machine's latency level.
             r["measured_over_requested"] = r["measured_fraction_of_measured_dense"] / r["budget_fraction"]
+            r["verified_over_requested"] = verified_ms / measured[0] / r["budget_fraction"]
             r["within_goal"] = GOAL[0] <= r["measured_over_requested"] <= GOAL[1]
+            r["verified_within_goal"] = GOAL[0] <= r["verified_over_requested"] <= GOAL[1]
             _log.info(
-                "%s %s %.0f%%: measured / (fraction x measured dense) %.3f, measured / table budget %.3f",
-                r["backend"], model_name, 100 * r["budget_fraction"], r["measured_over_requested"], r["measured_over_budget"],
+                "%s %s %.0f%%: measured / requested %.3f from the model's rounding, %.3f verified on the device",
+                r["backend"], model_name, 100 * r["budget_fraction"], r["measured_over_requested"], r["verified_over_requested"],
             )  # fmt: skip
     _on_core(0)
 
@@ -188,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds of the device check and the final timing")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--min-run-ms", type=float, default=2.0)
-    p.add_argument("--calibration-networks", type=int, default=12, help="networks timed to refit each calibration (`hwdsa fit --networks`)")
+    p.add_argument("--calibration-networks", type=int, default=24, help="networks timed to refit each calibration (`hwdsa fit --networks`)")
     p.add_argument("--calibration-rounds", type=int, default=7, help="interleaved rounds per calibration network (`hwdsa fit --rounds`)")
     p.add_argument("--shipped-calibration", action="store_true", help="search with the tables' stored calibrations, no refit")
     p.add_argument("--out", default="benchmarks/results")
@@ -208,34 +236,44 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads(searched.read_text())
     else:
         rows = []
+        work = out_dir(args) / ".latency_budget"  # the refitted tables, for the timing phase
+        work.mkdir(exist_ok=True)
         for t in tables:
             for m in args.models:
                 if args.shipped_calibration:
                     table, info = LatencyTable.read(t), {"calibration": "shipped"}
                 else:
                     table, info = recalibrate(t, m, args)  # right before its searches, as a user would
-                rows.extend(search_one(t, table, info, m, f, splits, args) for f in args.budgets)
+                calibrated = table.write(work / f"{t.stem}-{m}.csv")
+                for f in args.budgets:
+                    rows.append({**search_one(t, table, info, m, f, splits, args), "calibrated_table": str(calibrated)})
         write_json_atomic(searched, rows)  # the searches are the slow part: keep them for --resume-searched
     if args.search_only:
         return 0
+    verify_all(rows, args)
     measure_all(rows, args)
     searched.unlink(missing_ok=True)
+    shutil.rmtree(out_dir(args) / ".latency_budget", ignore_errors=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ratios = [r["measured_over_requested"] for r in rows]
+    verified = [r["verified_over_requested"] for r in rows]
     result = {
         "goal": list(GOAL),
         "args": vars(args),
         "within_goal": sum(r["within_goal"] for r in rows),
+        "verified_within_goal": sum(r["verified_within_goal"] for r in rows),
         "runs": len(rows),
         "measured_over_requested": {"min": min(ratios), "max": max(ratios), "mean": sum(ratios) / len(ratios)},
+        "verified_over_requested": {"min": min(verified), "max": max(verified), "mean": sum(verified) / len(verified)},
         "rows": rows,
     }
     write_json_atomic(out / "latency_budget.json", result)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    flat = [{k: v for k, v in r.items() if k != "verify_rows"} for r in rows]  # the candidates stay in the JSON
+    w = csv.DictWriter(buf, fieldnames=list(flat[0]))
     w.writeheader()
-    w.writerows(rows)
+    w.writerows(flat)
     write_text_atomic(out / "latency_budget.csv", buf.getvalue())
     md = _markdown(result, args)
     write_text_atomic(out / "latency_budget.md", md)
@@ -249,47 +287,48 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "## Latency budget adherence",
         "",
         f"DSA search ({args.search_epochs} epochs on {args.per_class} CIFAR-10 images per class, from random weights) under "
-        "each table's calibrated latency cost, latency-optimal rounding, then the pruned network and the dense one timed "
-        f"end to end in the same {args.rounds} interleaved rounds (median) on core 1 while core 0 was loaded. "
-        "*measured / requested* = (pruned ms / dense ms, both measured now) / budget fraction: the budget as `--latency 0.5` "
-        "states it. *measured / table budget* divides by the budget in ms the search used (fraction × the calibrated dense "
-        "latency), which also carries the drift of this shared machine's latency level since the calibration. "
+        "each table's calibrated latency cost, then two roundings of the searched keep ratios: the cost model's "
+        "(`hwdsa prune --latency F`) and the one checked on the device (`hwdsa prune --latency F --verify-latency`: the "
+        "roundings under 0.7-1.15 times the budget timed together with the dense network, the largest within the budget "
+        "kept; when all measure over it, the fastest one's measured error rescales the limits and a lower set is timed: "
+        "*extended*). Then the dense network and both pruned ones timed end to end "
+        f"in the same {args.rounds} interleaved rounds (the quietest kept) on core 1. *measured / requested* = (pruned ms / "
+        "dense ms, both measured now) / budget fraction: the budget as `--latency 0.5` states it. "
         + (
             "Each table's calibration for the model was refitted in this session right before its searches, as `hwdsa fit` "
-            f"does ({args.calibration_networks} networks, {args.calibration_rounds} interleaved rounds, on core 1; in memory, "
-            "the shipped tables are unchanged). "
+            f"does ({args.calibration_networks} networks, {args.calibration_rounds} interleaved rounds, on core 1; the "
+            "shipped tables are unchanged). "
             if not args.shipped_calibration
             else "The searches used the calibrations stored in the tables (`--shipped-calibration`). "
         )
-        +
-        f"Goal: measured / requested in [{GOAL[0]}, {GOAL[1]}]; {result['within_goal']} of {result['runs']} runs meet it.",
+        + f"Goal: measured / requested in [{GOAL[0]}, {GOAL[1]}]: {result['within_goal']} of {result['runs']} runs meet it "
+        f"from the cost model alone, {result['verified_within_goal']} of {result['runs']} verified on the device.",
         "",
-        "| backend | model | budget | measured / requested | measured / table budget | table budget ms | predicted ms "
-        "| measured ms | dense measured ms | predicted fraction | measured fraction | FLOPs fraction | goal |",
+        "| backend | model | budget | cost model: measured / requested | goal | verified: measured / requested | goal "
+        "| candidates timed (extended) | check's own measured / target | predicted fraction | measured fraction | dense measured ms | FLOPs fraction |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['backend']} | {r['model']} | {r['budget_fraction']:.0%} | {r['measured_over_requested']:.3f} | "
-            f"{r['measured_over_budget']:.3f} | {r['budget_ms']:.3f} | {r['predicted_ms']:.3f} | {r['measured_ms']:.3f} | "
-            f"{r['dense_measured_ms']:.3f} | {r['predicted_fraction']:.3f} | {r['measured_fraction_of_measured_dense']:.3f} | "
-            f"{r['flops_fraction']:.3f} | {'met' if r['within_goal'] else 'missed'} |"
+            f"{'met' if r['within_goal'] else 'missed'} | {r['verified_over_requested']:.3f} | "
+            f"{'met' if r['verified_within_goal'] else 'missed'} | {r['verify_candidates']} ({r.get('verify_extended', 0)}) | "
+            f"{r.get('verify_own_over_target', float('nan')):.3f} | {r['predicted_fraction']:.3f} | "
+            f"{r['measured_fraction_of_measured_dense']:.3f} | {r['dense_measured_ms']:.3f} | {r['flops_fraction']:.3f} |"
         )
     cals = {(r["backend"], r["model"]): r for r in result["rows"] if r.get("calibration") == "refitted"}
     if cals:
         lines += [
             "",
-            "Calibrations refitted in this session (dense latency as the shipped calibration and the fresh one predict it):",
+            "Calibrations refitted in this session:",
             "",
-            "| backend | model | scale | offset ms | rmse ms | max error | dense ms, shipped calibration | dense ms, refitted "
-            "| dense residual ms (measured − fitted) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| backend | model | calibration | rmse ms | max error | dense ms measured | dense ms predicted |",
+            "|---|---|---|---|---|---|---|",
         ]
         for (backend, model), r in cals.items():
             lines.append(
-                f"| {backend} | {model} | {r['calibration_scale']:.4g} | {r['calibration_offset_ms']:+.4g} | "
-                f"{r['calibration_rmse_ms']:.3g} | {100 * r['calibration_max_rel_error']:.1f}% | "
-                f"{r['shipped_dense_predicted_ms']:.4g} | {r['dense_predicted_ms']:.4g} | {r['calibration_dense_residual_ms']:+.3g} |"
+                f"| {backend} | {model} | {r['calibration_fit']} | {r['calibration_rmse_ms']:.3g} | "
+                f"{100 * r['calibration_max_rel_error']:.1f}% | {r['calibration_dense_measured_ms']:.4g} | {r['dense_predicted_ms']:.4g} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -300,18 +339,21 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     groups = list(dict.fromkeys((r["backend"], r["model"]) for r in rows))
-    for k, (backend, model) in enumerate(groups):
-        sel = [r for r in rows if r["backend"] == backend and r["model"] == model]
-        fr = [r["budget_fraction"] for r in sel]
-        ax.plot(fr, [r["measured_over_requested"] for r in sel], marker="o", label=f"{backend}, {model}", color=f"C{k}")
-        ax.plot(fr, [r["measured_over_budget"] for r in sel], marker="x", ls=":", color=f"C{k}", alpha=0.6)
-    ax.axhspan(GOAL[0], GOAL[1], color="C2", alpha=0.15, label="goal 0.95–1.02")
-    ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xlabel("latency budget (fraction of the dense model's)")
-    ax.set_ylabel("measured / requested (o), measured / table budget (x)")
-    ax.legend(fontsize=7)
+    for ax, key, title in (
+        (axes[0], "measured_over_requested", "cost model's rounding"),
+        (axes[1], "verified_over_requested", "verified on the device (--verify-latency)"),
+    ):
+        for k, (backend, model) in enumerate(groups):
+            sel = [r for r in rows if r["backend"] == backend and r["model"] == model]
+            ax.plot([r["budget_fraction"] for r in sel], [r[key] for r in sel], marker="o", label=f"{backend}, {model}", color=f"C{k}")
+        ax.axhspan(GOAL[0], GOAL[1], color="C2", alpha=0.15, label="goal 0.95–1.02")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xlabel("latency budget (fraction of the dense model's measured latency)")
+        ax.set_title(title, fontsize=10)
+    axes[0].set_ylabel("measured / requested latency")
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

@@ -39,6 +39,10 @@ DEFAULT_ROUNDS = 7
 #: When the kept candidate measures more than this fraction under the target, the gap to the next
 #: rung of the ladder is timed more finely.
 REFINE_BELOW = 0.03
+#: When every rung measured over the target, the fastest rung's prediction is rescaled by the error
+#: measured at it and roundings under these multiples of that are timed, at most `EXTEND_RUNS` times.
+EXTEND_FACTORS: tuple[float, ...] = (0.9, 0.95, 1.0, 1.04)
+EXTEND_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,10 @@ def meet_measured_budget(
     the largest measured latency within the target; if none is, the fastest (`met` False, and a
     warning that says how far it is). When it lies more than `REFINE_BELOW` under the target and a
     larger rung measured over it, the roundings between those two rungs are timed in a second run
-    (marked ``"refined"``) and the choice is made again among them.
+    (marked ``"refined"``) and the choice is made again among them. When every rung measured over the
+    target (the model under-prices this network by more than the ladder spans), the fastest rung's
+    prediction is rescaled by target / measured and the roundings around it are timed (marked
+    ``"extended": k`` for the k-th such run, at most `EXTEND_RUNS`; the latest decides).
 
     Raises:
         ConfigError: the budget is not a latency budget, or bad arguments.
@@ -140,9 +147,24 @@ def meet_measured_budget(
         )
     dense_ms, rows = time_candidates(candidates)
     target = budget.limit if fraction is None else fraction * dense_ms
-    fitting = [r for r in rows if r["measured_ms"] <= target]
-    best = max(fitting, key=lambda r: r["measured_ms"]) if fitting else min(rows, key=lambda r: r["measured_ms"])
-    above = [r for r in rows if r["measured_ms"] > target and r["limit_ms"] > best["limit_ms"]]
+    decided = rows  # the run whose candidates the choice is made among: each is judged against its own dense timing
+    for run in range(1, EXTEND_RUNS + 1):
+        fastest = min(decided, key=lambda r: r["measured_ms"])
+        if fastest["measured_ms"] <= target:
+            break
+        # Everything timed is too slow: the model's error at the fastest candidate says how far to move.
+        base = fastest["predicted_ms"] * target / fastest["measured_ms"]
+        timed = {tuple(r["channels"]) for r in rows}
+        lower = {ch: lim for ch, lim in roundings([base * f for f in EXTEND_FACTORS]).items() if ch not in timed}
+        if not lower:
+            break
+        dense_ms, extended = time_candidates(lower)
+        target = budget.limit if fraction is None else fraction * dense_ms
+        rows = sorted(rows + [{**r, "extended": run} for r in extended], key=lambda r: r["limit_ms"])
+        decided = extended
+    fitting = [r for r in decided if r["measured_ms"] <= target]
+    best = max(fitting, key=lambda r: r["measured_ms"]) if fitting else min(decided, key=lambda r: r["measured_ms"])
+    above = [r for r in decided if r["measured_ms"] > target and r["limit_ms"] > best["limit_ms"]]
     if fitting and above and best["measured_ms"] < (1 - REFINE_BELOW) * target:
         # The ladder straddles the target with a gap: time the roundings between the two rungs, with both
         # rungs and the dense network again (one run, so they are compared under the same machine states).
@@ -178,4 +200,4 @@ def meet_measured_budget(
     )
 
 
-__all__ = ["DEFAULT_LADDER", "DEFAULT_ROUNDS", "REFINE_BELOW", "MeasuredBudget", "meet_measured_budget"]
+__all__ = ["DEFAULT_LADDER", "DEFAULT_ROUNDS", "EXTEND_FACTORS", "EXTEND_RUNS", "REFINE_BELOW", "MeasuredBudget", "meet_measured_budget"]

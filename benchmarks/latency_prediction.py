@@ -43,6 +43,8 @@ from hwdsa.profilers.base import TimingProtocol
 
 _log = logging.getLogger("benchmarks.latency_prediction")
 
+#: The networks a latency budget of 20% or more of the dense network keeps (the budget benchmark's are 30-70%).
+BUDGET_RANGE_FROM = 0.2
 GOAL_WITHIN_10 = 0.95
 
 
@@ -106,7 +108,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     refitted = cost.with_calibration(fresh)
     all_predicted = np.array([refitted.exact(ch) for ch in test_nets + off_nets])
     all_predicted_shipped = np.array([cost.exact(ch) for ch in test_nets + off_nets])
-    plain = cost.with_calibration(fit_calibration(cost, list(zip(cal_nets, measured[:k].tolist())), weight_floor=False))
+    plain = cost.with_calibration(fit_calibration(cost, list(zip(cal_nets, measured[:k].tolist())), spill=False))
     predicted_plain = np.array([plain.exact(ch) for ch in test_nets])
     predicted, predicted_shipped = all_predicted[:n], all_predicted_shipped[:n]
     flops_proxy = measured[0] * np.array([flops.exact(ch) / flops.dense for ch in test_nets])
@@ -129,7 +131,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
         "dense_predicted_shipped_ms": cost.dense,
         "calibration": fresh.to_json(),
         "shipped_calibration": shipped.to_json(),
-        "cost_model_without_weight_floor": _errors(predicted_plain, meas),
+        "cost_model_without_spill": _errors(predicted_plain, meas),
         "cost_model": _errors(predicted, meas),
         "cost_model_shipped_calibration": _errors(predicted_shipped, meas),
         "flops_proxy": _errors(flops_proxy, meas),
@@ -144,8 +146,8 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
             "table": table_path.name, "backend": label, "model": model_name, "network": i, "channels": " ".join(map(str, ch)),
             "measured_ms": float(meas[i]), "pass1_ms": float(p1[i]), "pass2_ms": float(p2[i]),
             "predicted_ms": float(predicted[i]), "predicted_shipped_ms": float(predicted_shipped[i]),
-            "predicted_without_weight_floor_ms": float(predicted_plain[i]),
-            "flops_proxy_ms": float(flops_proxy[i]),
+            "predicted_without_spill_ms": float(predicted_plain[i]),
+            "flops_proxy_ms": float(flops_proxy[i]), "measured_fraction_of_dense": float(meas[i] / measured[0]),
         }  # fmt: skip
         for i, ch in enumerate(test_nets)
     ]
@@ -185,10 +187,17 @@ def main(argv: list[str] | None = None) -> int:
             "networks": len(sel),
             "cost_model": _errors(np.array([r["predicted_ms"] for r in sel]), meas),
             "cost_model_shipped_calibration": _errors(np.array([r["predicted_shipped_ms"] for r in sel]), meas),
-            "cost_model_without_weight_floor": _errors(np.array([r["predicted_without_weight_floor_ms"] for r in sel]), meas),
+            "cost_model_without_spill": _errors(np.array([r["predicted_without_spill_ms"] for r in sel]), meas),
             "flops_proxy": _errors(np.array([r["flops_proxy_ms"] for r in sel]), meas),
             "repeatability": _errors(np.array([r["pass1_ms"] for r in sel]), np.array([r["pass2_ms"] for r in sel])),
         }
+        in_range = [r for r in sel if r["measured_fraction_of_dense"] >= BUDGET_RANGE_FROM]
+        by_backend[label]["budget_range_networks"] = len(in_range)
+        by_backend[label]["cost_model_budget_range"] = (
+            _errors(np.array([r["predicted_ms"] for r in in_range]), np.array([r["measured_ms"] for r in in_range]))
+            if in_range
+            else None
+        )
         by_backend[label]["meets_goal"] = by_backend[label]["cost_model"]["within_10"] >= GOAL_WITHIN_10
     result = {"goal_within_10": GOAL_WITHIN_10, "args": vars(args), "per_backend": by_backend, "per_model": summaries}
     write_json_atomic(out / "latency_prediction.json", result)
@@ -216,30 +225,31 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"table's calibration is refitted on {args.calibration_networks} other networks (dense + random, seed 0, as `hwdsa "
         "fit` draws them) timed in the same interleaved rounds as the test networks, as a user runs `hwdsa fit` before "
         "pruning: the latency level of this shared VM moves between sessions. *shipped calibration* is the one stored in the "
-        "table, fitted earlier; *no weight floor* is the refitted calibration without its weight-stream term (`hwdsa fit` "
-        f"before this change). Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
+        "table, fitted earlier; *no spill step* is the refitted calibration without its step for networks whose weights "
+        f"outgrow the core's cache (`hwdsa fit` before this change; it keeps the weight-stream floor). Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
         f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle but for the session's editor). *Measured* is "
         "the quietest of both passes; *repeatability* compares the two passes with each other, the measurement's own noise. "
         "*Off the lattice*: extra networks at any channel count, which `hwdsa prune` does not produce for a backend with a "
         "lattice (reported, not part of the goal). Goal: >= 95% within ±10%.",
         "",
-        "| backend | networks | cost model ±5% | ±10% | MAPE | max | no weight floor ±10% | shipped calibration ±10% "
-        "| FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| backend | networks | cost model ±5% | ±10% | MAPE | max | ±10% at >= 20% of dense (networks) | no spill step ±10% "
+        "| shipped calibration ±10% | FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, b in result["per_backend"].items():
         c, sc, f, r = b["cost_model"], b["cost_model_shipped_calibration"], b["flops_proxy"], b["repeatability"]
-        nf = b["cost_model_without_weight_floor"]
+        nf, br = b["cost_model_without_spill"], b.get("cost_model_budget_range")
+        in_range = "—" if br is None else f"{_pct(br['within_10'])} ({b['budget_range_networks']})"
         lines.append(
             f"| {label} | {b['networks']} | {_pct(c['within_5'])} | {_pct(c['within_10'])} | {100 * c['mape']:.1f}% | {_pct(c['max_error'])} "
-            f"| {_pct(nf['within_10'])} | {_pct(sc['within_10'])} "
+            f"| {in_range} | {_pct(nf['within_10'])} | {_pct(sc['within_10'])} "
             f"| {_pct(f['within_10'])} | {100 * f['mape']:.1f}% | {_pct(r['within_10'])} | {100 * r['mape']:.1f}% | {'met' if b['meets_goal'] else 'missed'} |"
         )
     lines += [
         "",
         "Per model:",
         "",
-        "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no floor ±10% "
+        "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no spill ±10% "
         "| shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -248,11 +258,13 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         off = s.get("off_lattice")
         fit = s["calibration"]
         floor = "" if fit.get("weight_bandwidth_gbps") is None else f", floor at {fit['weight_bandwidth_gbps']:.3g} GB/s"
+        if fit.get("spill_ms", 0.0) > 0:
+            floor += f", +{fit['spill_ms']:.3g} ms above {fit['spill_above_mb']:.3g} MB"
         lines.append(
             f"| {s['backend']} | {s['model']} | {fit['scale']:.3g} x sum {fit['offset_ms']:+.3g} ms{floor} | "
             f"{s['dense_measured_ms']:.3f} | {s['dense_predicted_ms']:.3f} | "
             f"{_pct(c['within_5'])} | {_pct(c['within_10'])} | {100 * c['mape']:.1f}% | "
-            f"{_pct(s['cost_model_without_weight_floor']['within_10'])} | {_pct(sc['within_10'])} | "
+            f"{_pct(s['cost_model_without_spill']['within_10'])} | {_pct(sc['within_10'])} | "
             f"{_pct(f['within_10'])} | {_pct(r['within_10'])} | "
             + (f"{_pct(off['within_10'])} of {s['off_lattice_networks']} |" if off else "— |")
         )

@@ -5,7 +5,11 @@ operator the table does not hold (pooling, additions). Measuring a handful of ra
 networks end to end and fitting ``T_net ≈ scale · Σ_l T_l + offset_ms`` corrects that. A layer timed
 alone also finds its weights in the core's cache, which a network whose weights do not fit there
 never does: the fit may floor every layer at the time its weights take to stream at a bandwidth it
-chooses, ``T_net ≈ scale · Σ_l max(T_l, W_l / bandwidth) + offset_ms``. The fit is stored in the
+chooses, ``T_net ≈ scale · Σ_l max(T_l, W_l / bandwidth) + offset_ms``. And a network whose weights
+outgrow the core's own cache pays a fixed cost on every run that a smaller one does not (measured
+here: ONNX Runtime VGG-16 networks with 2-10 MB of weights ran 0.08-0.1 ms slower than their layers
+predict, those under 2 MB did not): the fit may add a step, ``+ spill_ms`` once Σ_l W_l exceeds a
+capacity it chooses. The fit is stored in the
 table's metadata (``"calibration"``, one entry per network, with the dense network's measured
 latency), so the table file carries everything its cost model needs.
 """
@@ -16,7 +20,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +62,7 @@ def graph_signature(graph: ChannelGraph) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``latency_ms = scale · layer_sum_ms + offset_ms`` for one network on the table's device.
+    """``latency_ms = scale · layer_sum_ms + offset_ms (+ spill_ms)`` for one network on the table's device.
 
     With `weight_bandwidth_gbps` the layer sum is Σ_l max(T_l, W_l / bandwidth): the network streams
     each layer's weights W_l from beyond the core's caches, which a layer timed alone does not (see
@@ -82,6 +86,9 @@ class Calibration:
     dense_ms: float | None = None
     """The dense network's measured end-to-end latency: what `--latency 0.5` takes half of."""
     weight_bandwidth_gbps: float | None = None
+    spill_ms: float = 0.0
+    """Added to every network whose weights exceed `spill_above_mb` (they no longer fit the core's cache)."""
+    spill_above_mb: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -95,17 +102,38 @@ class Calibration:
         bw = self.weight_bandwidth_gbps
         if bw is not None and not (math.isfinite(bw) and bw > 0):
             raise TableError(f"a calibration's weight_bandwidth_gbps must be positive GB/s or null; got {bw}")
+        cap = self.spill_above_mb
+        if cap is not None and not (math.isfinite(cap) and cap > 0):
+            raise TableError(f"a calibration's spill_above_mb must be positive MB or null; got {cap}")
+        if not (math.isfinite(self.spill_ms) and self.spill_ms >= 0) or (self.spill_ms > 0 and cap is None):
+            raise TableError(
+                f"a calibration's spill_ms must be >= 0 ms, and needs spill_above_mb when > 0; got {self.spill_ms} "
+                f"above {cap}"
+            )
         object.__setattr__(self, "residuals_ms", tuple(float(r) for r in self.residuals_ms))
 
-    def apply(self, layer_sum_ms: float) -> float:
+    @property
+    def has_spill(self) -> bool:
+        return self.spill_above_mb is not None and self.spill_ms > 0
+
+    def spills(self, weights_mb: float) -> bool:
+        """Whether a network with `weights_mb` of weights pays `spill_ms`."""
+        return self.has_spill and weights_mb > float(self.spill_above_mb or 0.0)
+
+    def apply(self, layer_sum_ms: float, weights_mb: float | None = None) -> float:
         """The calibrated end-to-end latency of a network whose layers sum to `layer_sum_ms`
-        (floored by the weight stream when `weight_bandwidth_gbps` is set: `LatencyCost.layer_sum_ms`)."""
-        return self.scale * layer_sum_ms + self.offset_ms
+        (floored by the weight stream when `weight_bandwidth_gbps` is set: `LatencyCost.layer_sum_ms`)
+        and whose weights take `weights_mb` (`LatencyCost.weights_mb`; needed when the fit has a spill step)."""
+        if self.has_spill and weights_mb is None:
+            raise ConfigError("this calibration adds a cost above a weight footprint: pass the network's weights_mb")
+        spill = self.spill_ms if weights_mb is not None and self.spills(weights_mb) else 0.0
+        return self.scale * layer_sum_ms + self.offset_ms + spill
 
     def describe(self) -> str:
         """The fit in one line, for messages."""
         floor = "" if self.weight_bandwidth_gbps is None else f", weights streamed at {self.weight_bandwidth_gbps:.3g} GB/s"
-        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}"
+        spill = f", +{self.spill_ms:.3g} ms above {self.spill_above_mb:.3g} MB of weights" if self.has_spill else ""
+        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}{spill}"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -128,6 +156,8 @@ class Calibration:
                 anchored=bool(obj.get("anchored", False)),
                 dense_ms=None if obj.get("dense_ms") is None else float(obj["dense_ms"]),
                 weight_bandwidth_gbps=None if obj.get("weight_bandwidth_gbps") is None else float(obj["weight_bandwidth_gbps"]),
+                spill_ms=float(obj.get("spill_ms", 0.0)),
+                spill_above_mb=None if obj.get("spill_above_mb") is None else float(obj["spill_above_mb"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TableError(
@@ -139,6 +169,13 @@ class Calibration:
 WEIGHT_BANDWIDTHS_GBPS: tuple[float, ...] = tuple(float(b) for b in np.geomspace(1.0, 1000.0, 61))
 #: Fewer calibration networks than this fit no weight floor (`fit_calibration(weight_floor=...)`).
 MIN_PAIRS_FOR_WEIGHT_FLOOR = 8
+#: Weight footprints (MB) `fit_calibration` tries as the capacity above which a network pays `spill_ms`:
+#: the L2 of a small core to a server's L3 share.
+SPILL_CAPACITIES_MB: tuple[float, ...] = tuple(float(c) for c in np.geomspace(0.25, 64.0, 17))
+#: A spill step is fitted only with at least this many calibration networks on each side of its capacity.
+MIN_PAIRS_PER_SIDE_FOR_SPILL = 4
+#: Each extra term of the fit (floor, spill) must cut the relative RMS error by this factor to be kept.
+EARN_ITS_PLACE = 0.98
 
 
 def fit_calibration(
@@ -149,6 +186,8 @@ def fit_calibration(
     fit_offset: bool = True,
     anchor: int | None = None,
     weight_floor: bool = True,
+    spill: bool = True,
+    spill_capacities_mb: Sequence[float] = SPILL_CAPACITIES_MB,
 ) -> Calibration:
     """Fit ``measured_ms ≈ scale · Σ_l T_l(channels) + offset_ms`` over end-to-end measurements.
 
@@ -168,6 +207,11 @@ def fit_calibration(
             least at the time to stream its weights, `hwdsa.lut.fit.with_weight_floor`) and keep the one
             whose fit has the smallest relative RMS error, or none when no floor does 2% better (and none
             with fewer than `MIN_PAIRS_FOR_WEIGHT_FLOOR` pairs).
+        spill: also try a step of `spill_ms` for the networks whose weights exceed a capacity from
+            `SPILL_CAPACITIES_MB` (with at least `MIN_PAIRS_PER_SIDE_FOR_SPILL` networks on each side),
+            kept when its step is positive and it cuts the relative RMS error by 2%, both on the pairs
+            and in leave-one-out (a step fits noise easily).
+        spill_capacities_mb: the capacities tried (e.g. the device's own L2 and L3 sizes, when known).
 
     Raises:
         ConfigError: too few pairs, or a non-positive measured latency.
@@ -181,6 +225,8 @@ def fit_calibration(
             f"calibration needs at least {need} (channels, measured ms) pairs; got {len(pairs)}: measure a few "
             "randomly pruned networks end to end"
         )
+    if any(not (math.isfinite(c) and c > 0) for c in spill_capacities_mb):
+        raise ConfigError(f"spill capacities must be positive MB; got {list(spill_capacities_mb)}")
     if anchor is not None and not (fit_offset and 0 <= anchor < len(pairs)):
         raise ConfigError(f"anchor must index one of the {len(pairs)} pairs and needs fit_offset; got {anchor}")
     y = np.array([float(ms) for _, ms in pairs], dtype=np.float64)
@@ -189,8 +235,7 @@ def fit_calibration(
     # a floor is one more parameter: it needs enough networks not to fit their noise
     try_floor = weight_floor and len(pairs) >= MIN_PAIRS_FOR_WEIGHT_FLOOR
     bandwidths: tuple[float | None, ...] = (None, *WEIGHT_BANDWIDTHS_GBPS) if try_floor else (None,)
-    best: tuple[float, float | None, float, float, np.ndarray] | None = None  # the best fit with a floor
-    plain: tuple[float, float | None, float, float, np.ndarray]  # the fit without one (always made first)
+    sums: dict[float | None, np.ndarray] = {}  # the layer sums under each weight floor
     for bw in bandwidths:
         x = np.array([cost.layer_sum_ms(ch, weight_bandwidth_gbps=bw) for ch, _ in pairs], dtype=np.float64)
         if fit_offset and np.ptp(x) <= 1e-9 * max(float(np.max(x)), 1e-12):
@@ -200,33 +245,67 @@ def fit_calibration(
                     "measure networks pruned to different widths, or pass fit_offset=False"
                 )
             continue
+        sums[bw] = x
+
+    def fit(bw: float | None, cap: float | None, keep: np.ndarray | None = None) -> _Fit | None:
+        """The fit with floor `bw` and spill capacity `cap`, on the pairs `keep` selects (all by default)."""
+        x_all = sums[bw]
+        step_all = None if cap is None else (footprints > cap).astype(np.float64)
+        sel = np.ones(len(y), dtype=bool) if keep is None else keep
+        x, yy = x_all[sel], y[sel]
+        step = None if step_all is None else step_all[sel]
         if anchor is None:
-            scale, offset = _regress(x, y, method=method, fit_offset=fit_offset)
+            scale, offset, spill_ms = _regress(x, yy, method=method, fit_offset=fit_offset, step=step)
         else:
-            others = np.arange(len(x)) != anchor
-            scale, _ = _regress(x[others] - x[anchor], y[others] - y[anchor], method=method, fit_offset=False, relative_to=y[others])
-            offset = float(y[anchor] - scale * x[anchor])
+            others = sel & (np.arange(len(y)) != anchor)
+            d_step = None if step_all is None else step_all[others] - step_all[anchor]
+            scale, _, spill_ms = _regress(
+                x_all[others] - x_all[anchor], y[others] - y[anchor], method=method, fit_offset=False,
+                relative_to=y[others], step=d_step,
+            )  # fmt: skip
+            offset = float(y[anchor] - scale * x_all[anchor] - (0.0 if step_all is None else spill_ms * step_all[anchor]))
+        x, step = x_all, step_all  # the fitted values are reported for every pair
         if not scale > 0:
-            if bw is None:
+            if bw is None and cap is None:
                 raise TableError(
                     f"calibration fitted a non-positive scale ({scale:.4g}): the table's layer sums do not track the "
                     "measured latencies (a table from another device, or measurements dominated by noise?)"
                 )
-            continue
-        rel_rms = float(np.sqrt(np.mean(((scale * x + offset) / y - 1.0) ** 2)))
-        if bw is None:
-            plain = (rel_rms, bw, scale, offset, x)
-        elif best is None or rel_rms < best[0]:
-            best = (rel_rms, bw, scale, offset, x)
-    # a floor has to earn its place: 2% less relative error than the plain layer sum
-    _, bandwidth, scale, offset, x = best if best is not None and best[0] < 0.98 * plain[0] else plain
-    fitted = scale * x + offset
+            return None
+        if step is not None and not spill_ms > 0:
+            return None  # a step down where weights outgrow a cache is not a cache effect
+        fitted = scale * x + offset + (0.0 if step is None else spill_ms * step)
+        rel_rms = float(np.sqrt(np.mean((fitted[sel] / y[sel] - 1.0) ** 2)))
+        return _Fit(rel_rms, bw, cap, scale, offset, spill_ms if step is not None else 0.0, fitted)
+
+    footprints = np.array([cost.weights_mb(ch) for ch, _ in pairs], dtype=np.float64)
+    plain = fit(None, None)
+    assert plain is not None  # a non-positive plain scale raised above
+    floors = [f for f in (fit(bw, None) for bw in sums if bw is not None) if f is not None]
+    # each extra term has to earn its place: EARN_ITS_PLACE less relative error than the fit without it
+    chosen = min(floors, key=lambda f: f.rel_rms, default=plain)
+    chosen = chosen if chosen.rel_rms < EARN_ITS_PLACE * plain.rel_rms else plain
+    caps = [
+        float(c) for c in spill_capacities_mb
+        if min(int(np.sum(footprints > c)), int(np.sum(footprints <= c))) >= MIN_PAIRS_PER_SIDE_FOR_SPILL
+    ] if spill else []  # fmt: skip
+    spills = [f for f in (fit(bw, c) for bw in dict.fromkeys((None, chosen.bandwidth)) for c in caps) if f is not None]
+    with_spill = min(spills, key=lambda f: f.rel_rms, default=None)
+    # A step has two parameters (where and how much) and fits noise easily: it must also predict the
+    # networks it was not fitted on better, in leave-one-out, than the fit without it.
+    if (
+        with_spill is not None
+        and with_spill.rel_rms < EARN_ITS_PLACE * chosen.rel_rms
+        and _held_out_rel_rms(fit, with_spill, y, anchor) < EARN_ITS_PLACE * _held_out_rel_rms(fit, chosen, y, anchor)
+    ):
+        chosen = with_spill
+    fitted = chosen.fitted
     residuals = y - fitted
     rmse = float(np.sqrt(np.mean(residuals**2)))
     max_rel = float(np.max(np.abs(residuals) / y))
     cal = Calibration(
-        scale=float(scale),
-        offset_ms=float(offset),
+        scale=float(chosen.scale),
+        offset_ms=float(chosen.offset_ms),
         graph_signature=cost.graph_signature,
         method=method,
         n_points=len(pairs),
@@ -235,7 +314,9 @@ def fit_calibration(
         max_rel_error=max_rel,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         anchored=anchor is not None,
-        weight_bandwidth_gbps=bandwidth,
+        weight_bandwidth_gbps=chosen.bandwidth,
+        spill_ms=chosen.spill_ms,
+        spill_above_mb=chosen.capacity_mb if chosen.spill_ms > 0 else None,
     )
     _log.info(
         "calibration: latency ≈ %s over %d networks (rmse %.3g ms, max rel. error %.1f%%)",
@@ -245,27 +326,64 @@ def fit_calibration(
 
 
 def _regress(
-    x: np.ndarray, y: np.ndarray, *, method: CalibrationMethod, fit_offset: bool, relative_to: np.ndarray | None = None
-) -> tuple[float, float]:
-    """Fit y ≈ scale·x (+ offset) minimising the residuals relative to `relative_to` (default y)."""
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: CalibrationMethod,
+    fit_offset: bool,
+    relative_to: np.ndarray | None = None,
+    step: np.ndarray | None = None,
+) -> tuple[float, float, float]:
+    """Fit y ≈ scale·x (+ offset) (+ spill·step) minimising the residuals relative to `relative_to` (default y)."""
     from sklearn.linear_model import HuberRegressor, LinearRegression
 
     r = y if relative_to is None else relative_to
     w = 1.0 / r
     # Each row divided by its measurement: y/r ≈ scale·(x/r) + offset·(1/r), with no intercept.
     # Columns are scaled to unit mean magnitude: HuberRegressor's tolerance assumes O(1) features.
-    cols = [x * w, w] if fit_offset else [x * w]
+    cols = [x * w] + ([w] if fit_offset else []) + ([] if step is None else [step * w])
     mags = [float(np.mean(np.abs(c))) or 1.0 for c in cols]
     X = np.column_stack([c / m for c, m in zip(cols, mags)])
     t = y * w
     if method == "linear":
-        reg = LinearRegression(fit_intercept=False, positive=not fit_offset).fit(X, t)
+        reg = LinearRegression(fit_intercept=False, positive=not fit_offset and step is None).fit(X, t)
         coef = reg.coef_
     else:
         coef = HuberRegressor(fit_intercept=False, alpha=0.0, max_iter=1000).fit(X, t).coef_
-    scale = float(coef[0]) / mags[0]
-    offset = float(coef[1]) / mags[1] if fit_offset else 0.0
-    return scale, offset
+    coef = [float(c) / m for c, m in zip(coef, mags)]
+    scale = coef[0]
+    offset = coef[1] if fit_offset else 0.0
+    spill = coef[-1] if step is not None else 0.0
+    return scale, offset, spill
+
+
+def _held_out_rel_rms(
+    fit: Callable[[float | None, float | None, np.ndarray], _Fit | None], model: _Fit, y: np.ndarray, anchor: int | None
+) -> float:
+    """Leave-one-out relative RMS error of `model`'s terms (its floor and spill capacity refitted without each pair)."""
+    errors = []
+    for i in range(len(y)):
+        if i == anchor:
+            continue  # an anchored fit goes through its anchor by construction
+        keep = np.arange(len(y)) != i
+        refit = fit(model.bandwidth, model.capacity_mb, keep)
+        if refit is None:
+            return math.inf
+        errors.append(refit.fitted[i] / y[i] - 1.0)
+    return float(np.sqrt(np.mean(np.square(errors))))
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """One candidate of `fit_calibration`: its relative RMS error, terms and fitted latencies."""
+
+    rel_rms: float
+    bandwidth: float | None
+    capacity_mb: float | None
+    scale: float
+    offset_ms: float
+    spill_ms: float
+    fitted: np.ndarray
 
 
 def calibrations(table: LatencyTable) -> dict[str, Calibration]:
@@ -290,7 +408,10 @@ def attach_calibration(table: LatencyTable, name: str, calibration: Calibration)
 
 
 __all__ = [
+    "EARN_ITS_PLACE",
     "MIN_PAIRS_FOR_WEIGHT_FLOOR",
+    "MIN_PAIRS_PER_SIDE_FOR_SPILL",
+    "SPILL_CAPACITIES_MB",
     "WEIGHT_BANDWIDTHS_GBPS",
     "Calibration",
     "attach_calibration",

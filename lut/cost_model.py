@@ -14,8 +14,11 @@ latency staircase, which it sharpens back to as σ → 0 (masks becoming determi
 T_l is interpolated from the layer's measured grid, and the budget uses its monotone envelope so the
 cost never decreases when a channel is added (section 7 of the design note); `exact` prices integer
 counts with the true table values. A calibration with a weight bandwidth floors every grid value at
-the time the layer's weights take to stream (`hwdsa.lut.fit.with_weight_floor`) before anything else. A layer's input count (a sum over concatenated groups, with
-variances added) and output count are taken as independent, which they are unless one group feeds
+the time the layer's weights take to stream (`hwdsa.lut.fit.with_weight_floor`) before anything else;
+one with a spill step adds `spill_ms` where the network's (expected) weight footprint exceeds its
+capacity: a step without a gradient, which keeps the cost non-decreasing, as a staircase does. A
+layer's input count (a sum over concatenated groups, with variances added) and output count are
+taken as independent, which they are unless one group feeds
 both sides through a concatenation; a layer whose input and output are one and the same group (a
 depthwise convolution) is priced along the diagonal.
 """
@@ -113,6 +116,20 @@ class _Buffers:
                     self.weights[key] = _AxisWeights(pts, ax.lo, ax.hi, fl.interpolation, device)
                 keys.append(key)
             self.layers.append((keys[0], keys[1], torch.tensor(fl.budget_ms, dtype=f64, device=device)))
+        # Weight MB of each layer at the corners of its (c_in, c_out) range: weights are bilinear in the two
+        # counts (linear along a depthwise diagonal), so interpolating the corners at the expected counts is
+        # the expected footprint (independent axes). Only a calibration with a spill step reads it.
+        self.footprint: list[tuple[int, int, bool, tuple[float, float, float, float], tuple[float, float, float, float]]] = []
+        for fl, (ai, ao) in zip(cost.layers, cost._layer_axes):
+            a_in, a_out = cost._axes[ai], cost._axes[ao]
+            diag = fl.grid.shape == "diag"
+            if diag:  # (lo, hi, W(lo), W(hi)) along the diagonal, the second tuple unused
+                ends = (weight_mb(fl.grid.spec_at(a_in.lo, a_in.lo)), weight_mb(fl.grid.spec_at(a_in.hi, a_in.hi)))
+                self.footprint.append((ai, ao, True, (float(a_in.lo), float(a_in.hi), *ends), (0.0, 0.0, 0.0, 0.0)))
+            else:  # (lo_in, hi_in, lo_out, hi_out) and W at (lo, lo), (lo, hi), (hi, lo), (hi, hi)
+                w = [weight_mb(fl.grid.spec_at(ci, co)) for ci in (a_in.lo, a_in.hi) for co in (a_out.lo, a_out.hi)]
+                rng = (float(a_in.lo), float(a_in.hi), float(a_out.lo), float(a_out.hi))
+                self.footprint.append((ai, ao, False, rng, (w[0], w[1], w[2], w[3])))
 
 
 class LatencyCost:
@@ -316,11 +333,41 @@ class LatencyCost:
                 total = total + u_in @ vals
             else:
                 total = total + u_in @ vals @ axis_vector(key_out)
-        if self.calibration is not None:
-            total = self.calibration.scale * total + self.calibration.offset_ms
+        cal = self.calibration
+        if cal is not None:
+            total = cal.scale * total + cal.offset_ms
+            if cal.has_spill and float(self._expected_weights_mb(buf, alpha.detach())) > float(cal.spill_above_mb or 0.0):
+                # a step, as `exact` prices it: no gradient of its own, and the cost stays non-decreasing
+                total = total + cal.spill_ms
         return total.to(keep_ratios.dtype if keep_ratios.is_floating_point() else torch.float64)
 
     forward = __call__
+
+    @staticmethod
+    def _expected_weights_mb(buf: _Buffers, alpha: Tensor) -> Tensor:
+        """Σ_l W_l at the expected counts of `alpha` (the footprint a calibration's spill step reads)."""
+
+        def mean_count(axis_id: int) -> Tensor:
+            ax, g, ch, _ = buf.axes[axis_id]
+            return ax.fixed + (alpha[g] * ch).sum()
+
+        def frac(mu: Tensor, lo: float, hi: float) -> Tensor:
+            return (mu - lo) / (hi - lo) if hi > lo else mu * 0.0
+
+        total = alpha.new_zeros(())
+        for ai, ao, diag, rng, w in buf.footprint:
+            if diag:
+                lo, hi, w_lo, w_hi = rng
+                total = total + w_lo + (w_hi - w_lo) * frac(mean_count(ai), lo, hi)
+            else:
+                u, v = frac(mean_count(ai), rng[0], rng[1]), frac(mean_count(ao), rng[2], rng[3])
+                total = total + w[0] * (1 - u) * (1 - v) + w[1] * (1 - u) * v + w[2] * u * (1 - v) + w[3] * u * v
+        return total
+
+    def weights_mb(self, channels: Sequence[int]) -> float:
+        """Megabytes of weights of the network pruned to `channels` (the layers the table prices)."""
+        counts = zip(self.table_layers, self._counts(channels))
+        return float(math.fsum(weight_mb(fl.grid.spec_at(ci, co)) for fl, (ci, co) in counts))
 
     def _sigma(self, std: Tensor | float | Sequence[float] | None, like: Tensor) -> Tensor:
         n = len(self.group_sizes)
@@ -370,7 +417,10 @@ class LatencyCost:
         if off:
             _log.debug("exact(): %d layer(s) priced by interpolation between grid points: %s", len(off), ", ".join(off))
         total = math.fsum(p.latency_ms for p in parts)
-        return self.calibration.apply(total) if self.calibration is not None else total
+        if self.calibration is None:
+            return total
+        weights = math.fsum(weight_mb(p.spec) for p in parts) if self.calibration.has_spill else None
+        return self.calibration.apply(total, weights)
 
     def breakdown(self, channels: Sequence[int]) -> tuple[LayerLatency, ...]:
         """Per-layer spec and latency at integer counts, before the calibration's scale and offset.

@@ -18,7 +18,7 @@ from torch import Tensor
 from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.fit import parse_interpolation
+from hwdsa.lut.fit import parse_interpolation, weight_mb
 
 _log = logging.getLogger(__name__)
 
@@ -79,7 +79,9 @@ def _grow_to_limit(
     """
     sizes = cost.group_sizes
     layers_of = _layers_of_groups(cost)
-    parts = [p.latency_ms for p in cost.breakdown(current)]
+    priced = cost.breakdown(current)
+    parts = [p.latency_ms for p in priced]
+    footprint = [weight_mb(p.spec) for p in priced]  # what a calibration's spill step reads (as `exact` sums it)
     cal = cost.calibration
     scale = cal.scale if cal is not None else 1.0
     # where the price per channel can change: the measured counts and, under "ceil:N", the multiples of N
@@ -88,11 +90,13 @@ def _grow_to_limit(
         frozenset(cost.step_points(g)) | {k for n in blocks for k in range(n, sizes[g] + 1, n)} for g in range(len(sizes))
     ]
 
-    def total(values: Sequence[float]) -> float:
+    def total(values: Sequence[float], weights: Sequence[float]) -> float:
         s = math.fsum(values)
-        return cal.apply(s) if cal is not None else s
+        if cal is None:
+            return s
+        return cal.apply(s, math.fsum(weights) if cal.has_spill else None)
 
-    def moves(g: int) -> list[tuple[float, int, int, dict[int, float]]]:
+    def moves(g: int) -> list[tuple[float, int, int, dict[int, tuple[float, float]]]]:
         """(ms per channel, -target, target, re-priced layers) for every candidate target of group g."""
         c = current[g]
         above = [p for p in steps[g] if p > c]
@@ -104,8 +108,11 @@ def _grow_to_limit(
         for t in targets:
             trial = current.copy()
             trial[g] = t
-            new = {i: cost.layers[i].latency_ms(*cost.layers[i].counts(trial, sizes)) for i in layers_of[g]}
-            delta = sum(new.values()) - base
+            new = {}  # layer -> (ms, weight MB) at the trial counts
+            for i in layers_of[g]:
+                counts = cost.layers[i].counts(trial, sizes)
+                new[i] = (cost.layers[i].latency_ms(*counts), weight_mb(cost.layers[i].grid.spec_at(*counts)))
+            delta = sum(ms for ms, _ in new.values()) - base
             out.append((scale * delta / (t - c), -t, t, new))
         out.sort(key=lambda m: (m[0], m[1]))
         return out
@@ -114,15 +121,15 @@ def _grow_to_limit(
     # groups whose move prices change when g moves: those sharing a layer with g
     neighbours = [{g} | {h for i in layers_of[g] for h in _groups_of_layer(cost, i)} for g in range(len(sizes))]
     while True:
-        best: tuple[float, int, int, dict[int, float], float] | None = None
+        best: tuple[float, int, int, dict[int, tuple[float, float]], float] | None = None
         for g, cands in cache.items():
             for price, _, t, new in cands:
                 if best is not None and (price, -t) >= (best[0], -best[2]):
                     break  # sorted: nothing cheaper follows in this group
-                trial_parts = parts.copy()
-                for i, v in new.items():
-                    trial_parts[i] = v
-                lat = total(trial_parts)
+                trial_parts, trial_footprint = parts.copy(), footprint.copy()
+                for i, (ms, mb) in new.items():
+                    trial_parts[i], trial_footprint[i] = ms, mb
+                lat = total(trial_parts, trial_footprint)
                 if lat <= limit:
                     best = (price, g, t, new, lat)
                     break
@@ -130,8 +137,8 @@ def _grow_to_limit(
             break
         _, g, t, new, latency = best
         current[g] = t
-        for i, v in new.items():
-            parts[i] = v
+        for i, (ms, mb) in new.items():
+            parts[i], footprint[i] = ms, mb
         for h in neighbours[g]:
             cache[h] = moves(h)
         _log.debug("rounding: grow moves group %d up to %d (%.4g ms)", g, t, latency)

@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
             calibration=args.name or args.model,
             fit=cal.describe(),
             weight_bandwidth_gbps=cal.weight_bandwidth_gbps,
+            spill_ms=cal.spill_ms,
+            spill_above_mb=cal.spill_above_mb,
             scale=cal.scale,
             offset_ms=cal.offset_ms,
             rmse_ms=cal.rmse_ms,

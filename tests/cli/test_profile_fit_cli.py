@@ -58,7 +58,9 @@ def test_fit_calibrates_and_stores_it_with_the_table(profiled: Path, tmp_path: P
     # the cost model picks the stored calibration up by itself
     cost = LatencyCost.fit(table, _graph())
     assert cost.calibration == cal
-    assert cost.dense == pytest.approx(cal.apply(cost.layer_sum_ms(cost.group_sizes, weight_bandwidth_gbps=cal.weight_bandwidth_gbps)))
+    assert cost.dense == pytest.approx(cal.apply(
+        cost.layer_sum_ms(cost.group_sizes, weight_bandwidth_gbps=cal.weight_bandwidth_gbps), cost.weights_mb(cost.group_sizes)
+    ))
     assert summary["dense_ms"] == pytest.approx(cost.dense) and summary["dense_measured_ms"] == cal.dense_ms > 0
     assert cost.measured_dense == cal.dense_ms  # what --latency 0.5 takes half of
     assert len(table) == len(LatencyTable.read(profiled))  # the measurements are untouched

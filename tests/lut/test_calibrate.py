@@ -163,6 +163,43 @@ def test_calibration_of_another_network_is_not_applied() -> None:
         LatencyCost.fit(both, other, calibration="resnet")
 
 
+def test_a_spill_step_is_found_where_the_weights_outgrow_a_capacity_and_priced_everywhere() -> None:
+    """Networks above a weight footprint pay a fixed extra time: the fit finds where and how much."""
+    _, cost = _setup()
+    pairs = _pairs(cost, 24, seed=7)
+    footprints = [cost.weights_mb(c) for c, _ in pairs]
+    tried = [float(c) for c in np.geomspace(min(footprints), max(footprints), 9)]  # this toy network's KB, not MB
+    splitting = [c for c in tried if 6 <= sum(f > c for f in footprints) <= 18]
+    assert splitting, f"the test networks' weights ({min(footprints):.3g}-{max(footprints):.3g} MB) straddle no capacity tried"
+    capacity = splitting[len(splitting) // 2]
+    spill_ms = 0.2 * SCALE * cost.layer_sum_ms(pairs[0][0])
+    stepped = [(c, ms + (spill_ms if cost.weights_mb(c) > capacity else 0.0)) for c, ms in pairs]
+    cal = fit_calibration(cost, stepped, spill_capacities_mb=tried)
+    assert cal.has_spill and cal.spill_ms == pytest.approx(spill_ms, rel=1e-3)
+    assert all(cal.spills(cost.weights_mb(c)) == (cost.weights_mb(c) > capacity) for c, _ in pairs)
+    assert cal.scale == pytest.approx(SCALE, rel=1e-3) and max(abs(r) for r in cal.residuals_ms) < 1e-3
+    assert "above" in cal.describe() and Calibration.from_json(cal.to_json()) == cal
+    priced = cost.with_calibration(cal)
+    for c, ms in stepped:  # exact, and the differentiable cost at the same counts (sigma 0), both pay the step
+        assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
+        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
+        value = priced(alpha, std=0.0)
+        value.backward()
+        assert float(value.detach()) == pytest.approx(priced.exact(c), rel=0.02)
+        assert alpha.grad is not None and bool(torch.isfinite(alpha.grad).all()) and bool((alpha.grad >= 0).all())
+    with pytest.raises(ConfigError, match="pass the network's weights_mb"):
+        cal.apply(1.0)
+    assert not fit_calibration(cost, pairs, spill_capacities_mb=tried).has_spill  # affine: no step earns its place
+    assert not fit_calibration(cost, stepped, spill=False, spill_capacities_mb=tried).has_spill
+    assert not fit_calibration(cost, stepped).has_spill  # the default capacities (MB) all lie above these networks
+    with pytest.raises(ConfigError, match="spill capacities must be positive"):
+        fit_calibration(cost, stepped, spill_capacities_mb=[0.0])
+    with pytest.raises(TableError, match="needs spill_above_mb"):
+        Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", spill_ms=0.1)
+    with pytest.raises(TableError, match="spill_above_mb must be positive"):
+        Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", spill_ms=0.1, spill_above_mb=-1.0)
+
+
 def test_refusals() -> None:
     table, cost = _setup()
     with pytest.raises(ConfigError, match="at least 3 .* pairs; got 2"):

@@ -10,6 +10,7 @@ import pytest
 
 from _lut_helpers import conv, graph_of, macs_latency, mobile_graph, synthetic_table
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.lut.calibrate import Calibration
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import GridConfig
 from hwdsa.lut.rounding import round_to_latency_optimal
@@ -27,21 +28,48 @@ def _two_layer_cost() -> LatencyCost:
     return LatencyCost.fit(synthetic_table(graph, _tile_latency, config=GridConfig("gpu")), graph)
 
 
-def test_keeps_the_budget_for_random_searches() -> None:
-    graph = mobile_graph()
-    cost = LatencyCost.fit(synthetic_table(graph, macs_latency, config=GridConfig("gpu")), graph)
-    rng = np.random.default_rng(0)
-    for _ in range(25):
+def _random_roundings(cost: LatencyCost, seed: int, n: int = 25) -> list[tuple[tuple[int, ...], float]]:
+    """Round `n` random searches under random limits near their cost; (counts, limit) of the feasible ones.
+
+    Infeasible limits must be the ones not even the narrowest network meets.
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
         searched = [float(rng.uniform(1.0, c)) for c in cost.group_sizes]
         limit = cost.exact([max(1, math.floor(x)) for x in searched]) * float(rng.uniform(0.8, 1.1))
         try:
-            counts = round_to_latency_optimal(searched, cost, limit)
+            out.append((round_to_latency_optimal(searched, cost, limit), limit))
         except BudgetInfeasibleError:
             assert cost.exact([1] * len(cost.group_sizes)) > limit
-            continue
+    return out
+
+
+def test_keeps_the_budget_for_random_searches() -> None:
+    graph = mobile_graph()
+    cost = LatencyCost.fit(synthetic_table(graph, macs_latency, config=GridConfig("gpu")), graph)
+    for counts, limit in _random_roundings(cost, seed=0):
         assert cost.exact(counts) <= limit
         assert all(1 <= k <= c for k, c in zip(counts, cost.group_sizes))
         assert all(k in cost.step_points(g) for g, k in enumerate(counts))
+
+
+def test_a_spill_step_is_a_cliff_the_rounding_does_not_fall_off() -> None:
+    """With a calibration that adds a fixed cost above a weight footprint, the budget holds at the counts kept,
+    priced with the step on whichever side of it they land."""
+    graph = mobile_graph()
+    plain = LatencyCost.fit(synthetic_table(graph, macs_latency, config=GridConfig("gpu")), graph)
+    capacity = 0.5 * plain.weights_mb(plain.group_sizes)
+    spill = 0.3 * plain.dense
+    cost = plain.with_calibration(
+        Calibration(scale=1.0, offset_ms=0.0, graph_signature=plain.graph_signature, spill_ms=spill, spill_above_mb=capacity)
+    )
+    spilled = 0
+    for counts, limit in _random_roundings(cost, seed=1):
+        assert cost.exact(counts) <= limit
+        assert cost.exact(counts) == pytest.approx(plain.exact(counts) + (spill if cost.weights_mb(counts) > capacity else 0.0))
+        spilled += cost.weights_mb(counts) > capacity
+    assert 0 < spilled < 25  # both sides of the step were exercised
 
 
 def test_takes_a_free_tread_of_the_staircase() -> None:

@@ -104,11 +104,12 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     seconds = time.perf_counter() - t0
     measured = np.minimum(pass1, pass2)  # the quietest of all 2 x rounds rounds, as one longer measurement
     k, n = len(cal_nets), len(test_nets)
-    fresh = fit_calibration(cost, list(zip(cal_nets, measured[:k].tolist())))  # as `hwdsa fit` fits it
+    cal_pairs = list(zip(cal_nets, measured[:k].tolist()))
+    fresh = fit_calibration(cost, cal_pairs)  # as `hwdsa fit` fits it
     refitted = cost.with_calibration(fresh)
     all_predicted = np.array([refitted.exact(ch) for ch in test_nets + off_nets])
     all_predicted_shipped = np.array([cost.exact(ch) for ch in test_nets + off_nets])
-    plain = cost.with_calibration(fit_calibration(cost, list(zip(cal_nets, measured[:k].tolist())), spill=False))
+    plain = cost.with_calibration(fit_calibration(cost, cal_pairs, spill=False))
     predicted_plain = np.array([plain.exact(ch) for ch in test_nets])
     predicted, predicted_shipped = all_predicted[:n], all_predicted_shipped[:n]
     flops_proxy = measured[0] * np.array([flops.exact(ch) / flops.dense for ch in test_nets])

@@ -120,7 +120,8 @@ class _Buffers:
         # counts (linear along a depthwise diagonal), so interpolating the corners at the expected counts is
         # the expected footprint (independent axes). Only a calibration with a spill step reads it.
         self.footprint: list[tuple[int, int, bool, tuple[float, float, float, float], tuple[float, float, float, float]]] = []
-        for fl, (ai, ao) in zip(cost.layers, cost._layer_axes):
+        spill = cost.calibration is not None and cost.calibration.has_spill
+        for fl, (ai, ao) in zip(cost.layers if spill else (), cost._layer_axes):
             a_in, a_out = cost._axes[ai], cost._axes[ao]
             diag = fl.grid.shape == "diag"
             if diag:  # (lo, hi, W(lo), W(hi)) along the diagonal, the second tuple unused

@@ -160,6 +160,7 @@ def verify_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         r["verify_candidates"] = len(check.candidates)
         r["verify_extended"] = sum(1 for c in check.candidates if c.get("extended"))
         r["verify_own_over_target"] = check.measured_over_target  # as the check itself timed it
+        r["verify_aim_over_target"] = check.aim_ms / check.target_ms
         r["verify_rows"] = list(check.candidates)
         r["verify_s"] = time.perf_counter() - t0
         r["verified_predicted_ms"] = cost.exact(check.channels)
@@ -175,22 +176,25 @@ def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         model = create_model(model_name)
         graph = trace_channel_graph(model, default_input_shape(model_name))
         sel = [r for r in rows if r["table"] == table_path and r["model"] == model_name]
-        nets = [list(graph.group_sizes)]
+        # The dense network before each budget's pair, as the device check times it: the requested latency is a
+        # fraction of it, and it is the noisiest network timed here (the quietest of all its timings is kept).
+        dense = list(graph.group_sizes)
+        nets: list[list[int]] = []
         for r in sel:
-            nets.append([int(c) for c in r["channels"].split()])
-            nets.append([int(c) for c in r["verified_channels"].split()])
+            nets += [dense, [int(c) for c in r["channels"].split()], [int(c) for c in r["verified_channels"].split()]]
         measured = measure_pruned(model, graph, nets, _backend(table), protocol)
+        dense_ms = min(measured[0::3])
         for i, r in enumerate(sel):
-            ms, verified_ms = measured[1 + 2 * i], measured[2 + 2 * i]
+            ms, verified_ms = measured[3 * i + 1], measured[3 * i + 2]
             r["measured_ms"] = ms
             r["verified_measured_ms"] = verified_ms
-            r["dense_measured_ms"] = measured[0]
+            r["dense_measured_ms"] = dense_ms
             r["measured_over_budget"] = ms / r["budget_ms"]
-            r["measured_fraction_of_measured_dense"] = ms / measured[0]
+            r["measured_fraction_of_measured_dense"] = ms / dense_ms
             # The budget as the user states it (a fraction of the dense model's latency), with the dense model
             # timed in the same rounds: immune to the drift of this shared machine's latency level.
             r["measured_over_requested"] = r["measured_fraction_of_measured_dense"] / r["budget_fraction"]
-            r["verified_over_requested"] = verified_ms / measured[0] / r["budget_fraction"]
+            r["verified_over_requested"] = verified_ms / dense_ms / r["budget_fraction"]
             r["within_goal"] = GOAL[0] <= r["measured_over_requested"] <= GOAL[1]
             r["verified_within_goal"] = GOAL[0] <= r["verified_over_requested"] <= GOAL[1]
             _log.info(

@@ -92,29 +92,38 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     # test networks (another seed, same lattice: the counts `hwdsa prune` produces for this backend) are
     # timed in the same interleaved rounds, so both see the same states of this shared machine.
     cal_nets = calibration_networks(graph, args.calibration_networks, seed=0, multiple=multiple)
+    # `hwdsa fit`'s draw before it went log-uniform (uniform overall width), for comparison
+    uniform_rng = random.Random(0)
+    uniform_nets = [list(graph.group_sizes)] + [
+        random_channels(graph, uniform_rng, multiple=multiple) for _ in range(args.calibration_networks - 1)
+    ]
     test_rng = random.Random(args.seed)
-    test_nets = _distinct(lambda: random_channels(graph, test_rng, multiple=multiple), args.networks, exclude=cal_nets)
+    used = cal_nets + uniform_nets
+    test_nets = _distinct(lambda: random_channels(graph, test_rng, multiple=multiple), args.networks, exclude=used)
     # Off the lattice (any count): what the table does not price for a lattice backend; reported, not the goal.
-    off_nets = _distinct(lambda: random_channels(graph, test_rng), args.off_lattice if multiple > 1 else 0, exclude=cal_nets)
-    nets = cal_nets + test_nets + off_nets
+    off_nets = _distinct(lambda: random_channels(graph, test_rng), args.off_lattice if multiple > 1 else 0, exclude=used)
+    nets = cal_nets + test_nets + off_nets + uniform_nets
     protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.rounds)
     t0 = time.perf_counter()
     pass1 = np.array(measure_pruned(model, graph, nets, backend, protocol))
     pass2 = np.array(measure_pruned(model, graph, nets, backend, protocol))
     seconds = time.perf_counter() - t0
     measured = np.minimum(pass1, pass2)  # the quietest of all 2 x rounds rounds, as one longer measurement
-    k, n = len(cal_nets), len(test_nets)
+    k, n, n_off = len(cal_nets), len(test_nets), len(off_nets)
     cal_pairs = list(zip(cal_nets, measured[:k].tolist()))
+    uniform_pairs = list(zip(uniform_nets, measured[k + n + n_off :].tolist()))
     fresh = fit_calibration(cost, cal_pairs)  # as `hwdsa fit` fits it
     refitted = cost.with_calibration(fresh)
     all_predicted = np.array([refitted.exact(ch) for ch in test_nets + off_nets])
     all_predicted_shipped = np.array([cost.exact(ch) for ch in test_nets + off_nets])
     plain = cost.with_calibration(fit_calibration(cost, cal_pairs, spill=False))
     predicted_plain = np.array([plain.exact(ch) for ch in test_nets])
+    uniform = cost.with_calibration(fit_calibration(cost, uniform_pairs))
+    predicted_uniform = np.array([uniform.exact(ch) for ch in test_nets])
     predicted, predicted_shipped = all_predicted[:n], all_predicted_shipped[:n]
     flops_proxy = measured[0] * np.array([flops.exact(ch) / flops.dense for ch in test_nets])
     meas, p1, p2 = measured[k : k + n], pass1[k : k + n], pass2[k : k + n]
-    off_meas = measured[k + n :]
+    off_meas = measured[k + n : k + n + n_off]
     label = f"{table.meta.backend}" + (
         f" ({table.meta.extra['backend_options']['graph_optimization_level']})"
         if "graph_optimization_level" in table.meta.extra.get("backend_options", {})
@@ -133,6 +142,8 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
         "calibration": fresh.to_json(),
         "shipped_calibration": shipped.to_json(),
         "cost_model_without_spill": _errors(predicted_plain, meas),
+        "cost_model_uniform_draw": _errors(predicted_uniform, meas),
+        "calibration_uniform_draw": uniform.calibration.to_json() if uniform.calibration is not None else None,
         "cost_model": _errors(predicted, meas),
         "cost_model_shipped_calibration": _errors(predicted_shipped, meas),
         "flops_proxy": _errors(flops_proxy, meas),
@@ -148,6 +159,8 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
             "measured_ms": float(meas[i]), "pass1_ms": float(p1[i]), "pass2_ms": float(p2[i]),
             "predicted_ms": float(predicted[i]), "predicted_shipped_ms": float(predicted_shipped[i]),
             "predicted_without_spill_ms": float(predicted_plain[i]),
+            "predicted_uniform_draw_ms": float(predicted_uniform[i]),
+            "weights_mb": cost.weights_mb(ch),
             "flops_proxy_ms": float(flops_proxy[i]), "measured_fraction_of_dense": float(meas[i] / measured[0]),
         }  # fmt: skip
         for i, ch in enumerate(test_nets)
@@ -189,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "cost_model": _errors(np.array([r["predicted_ms"] for r in sel]), meas),
             "cost_model_shipped_calibration": _errors(np.array([r["predicted_shipped_ms"] for r in sel]), meas),
             "cost_model_without_spill": _errors(np.array([r["predicted_without_spill_ms"] for r in sel]), meas),
+            "cost_model_uniform_draw": _errors(np.array([r["predicted_uniform_draw_ms"] for r in sel]), meas),
             "flops_proxy": _errors(np.array([r["flops_proxy_ms"] for r in sel]), meas),
             "repeatability": _errors(np.array([r["pass1_ms"] for r in sel]), np.array([r["pass2_ms"] for r in sel])),
         }
@@ -223,19 +237,21 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"{args.networks} random networks per backend and model (`random_channels`: overall width U(0.1, 1), each group "
         f"0.6-1.4 times it, on the table's channel lattice; seed {args.seed}), none used for fitting or calibration. The "
-        f"table's calibration is refitted on {args.calibration_networks} other networks (dense + random, seed 0, as `hwdsa "
-        "fit` draws them) timed in the same interleaved rounds as the test networks, as a user runs `hwdsa fit` before "
-        "pruning: the latency level of this shared VM moves between sessions. *shipped calibration* is the one stored in the "
-        "table, fitted earlier; *no spill step* is the refitted calibration without its step for networks whose weights "
-        f"outgrow the core's cache (`hwdsa fit` before this change; it keeps the weight-stream floor). Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
-        f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle but for the session's editor). *Measured* is "
+        f"table's calibration is refitted on {args.calibration_networks} other networks (dense + random, seed 0, widths drawn "
+        "log-uniformly as `hwdsa fit` draws them) timed in the same interleaved rounds as the test networks, as a user runs "
+        "`hwdsa fit` before pruning: the latency level of this shared VM moves between sessions. *shipped calibration* is "
+        "the one stored in the table, fitted earlier; *no spill step* is the refitted calibration without its step for "
+        "networks whose weights outgrow the core's cache; *uniform draw* is the calibration fitted on as many networks drawn "
+        "as `hwdsa fit` drew them before (overall width U(0.1, 1), few small footprints), timed in the same rounds. "
+        f"Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
+        f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle). *Measured* is "
         "the quietest of both passes; *repeatability* compares the two passes with each other, the measurement's own noise. "
         "*Off the lattice*: extra networks at any channel count, which `hwdsa prune` does not produce for a backend with a "
         "lattice (reported, not part of the goal). Goal: >= 95% within ±10%.",
         "",
         "| backend | networks | cost model ±5% | ±10% | MAPE | max | ±10% at >= 20% of dense (networks) | no spill step ±10% "
-        "| shipped calibration ±10% | FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| uniform draw ±10% | shipped calibration ±10% | FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, b in result["per_backend"].items():
         c, sc, f, r = b["cost_model"], b["cost_model_shipped_calibration"], b["flops_proxy"], b["repeatability"]
@@ -243,7 +259,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         in_range = "—" if br is None else f"{_pct(br['within_10'])} ({b['budget_range_networks']})"
         lines.append(
             f"| {label} | {b['networks']} | {_pct(c['within_5'])} | {_pct(c['within_10'])} | {100 * c['mape']:.1f}% | {_pct(c['max_error'])} "
-            f"| {in_range} | {_pct(nf['within_10'])} | {_pct(sc['within_10'])} "
+            f"| {in_range} | {_pct(nf['within_10'])} | {_pct(b['cost_model_uniform_draw']['within_10'])} | {_pct(sc['within_10'])} "
             f"| {_pct(f['within_10'])} | {100 * f['mape']:.1f}% | {_pct(r['within_10'])} | {100 * r['mape']:.1f}% | {'met' if b['meets_goal'] else 'missed'} |"
         )
     lines += [
@@ -251,8 +267,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "Per model:",
         "",
         "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no spill ±10% "
-        "| shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| uniform draw ±10% | shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["per_model"]:
         c, sc, f, r = s["cost_model"], s["cost_model_shipped_calibration"], s["flops_proxy"], s["repeatability"]
@@ -265,7 +281,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"| {s['backend']} | {s['model']} | {fit['scale']:.3g} x sum {fit['offset_ms']:+.3g} ms{floor} | "
             f"{s['dense_measured_ms']:.3f} | {s['dense_predicted_ms']:.3f} | "
             f"{_pct(c['within_5'])} | {_pct(c['within_10'])} | {100 * c['mape']:.1f}% | "
-            f"{_pct(s['cost_model_without_spill']['within_10'])} | {_pct(sc['within_10'])} | "
+            f"{_pct(s['cost_model_without_spill']['within_10'])} | {_pct(s['cost_model_uniform_draw']['within_10'])} | "
+            f"{_pct(sc['within_10'])} | "
             f"{_pct(f['within_10'])} | {_pct(r['within_10'])} | "
             + (f"{_pct(off['within_10'])} of {s['off_lattice_networks']} |" if off else "— |")
         )

@@ -88,6 +88,9 @@ class PruneJobConfig:
     verify_latency: bool = False
     """Time candidate roundings on the table's backend (this machine must be its device) and keep the largest
     whose measured latency meets the latency budget (`hwdsa.lut.verify`)."""
+    verify_margin: float = 0.015
+    """The share of the budget `verify_latency` keeps free for the noise of the timing itself
+    (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
 
     def __post_init__(self) -> None:
         if not self.budgets and self.fixed_keep_ratios is None:
@@ -98,6 +101,8 @@ class PruneJobConfig:
             raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
         if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
             raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
+        if not 0 <= self.verify_margin < 0.5:
+            raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -415,8 +420,9 @@ class PruneJob:
             spec = self.config.budgets[0]
             t0 = time.perf_counter()
             check = meet_measured_budget(
-                model, graph, ratios, budget, backend, fraction=spec.fraction, multiple=self.config.round_to
-            )
+                model, graph, ratios, budget, backend, fraction=spec.fraction, multiple=self.config.round_to,
+                margin=self.config.verify_margin,
+            )  # fmt: skip
             timings["verify_latency_s"] = time.perf_counter() - t0
             write_json_atomic(self.out / "latency_check.json", check.to_json())
             channels = list(check.channels)

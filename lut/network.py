@@ -16,12 +16,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import os
 import random
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -41,6 +42,8 @@ _log = logging.getLogger(__name__)
 
 #: The smallest keep ratio of a randomly pruned network's groups (see `random_channels`).
 MIN_KEEP_RATIO = 0.1
+#: How `random_channels` draws a network's overall width: uniformly, or log-uniformly (footprints spread evenly).
+WidthDraw = Literal["uniform", "log"]
 
 
 def _check_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -135,15 +138,23 @@ def deployable(model: nn.Module) -> nn.Module:
 
 
 def random_channels(
-    graph: ChannelGraph, rng: random.Random, *, low: float = MIN_KEEP_RATIO, multiple: int = 1
+    graph: ChannelGraph,
+    rng: random.Random,
+    *,
+    low: float = MIN_KEEP_RATIO,
+    multiple: int = 1,
+    draw: WidthDraw = "uniform",
 ) -> list[int]:
     """Channel counts of a randomly pruned network, at a random overall width.
 
-    A network-wide level is drawn from U(low, 1), and each group keeps level·U(0.6, 1.4) of its
-    channels (clipped to [low, 1], at least one channel). Independent per-group ratios would put every
-    network near the same total size (their mean), so a calibration fitted on them would extrapolate
-    to the small networks a 30% budget asks for; drawing the level first spreads the networks from
-    heavily pruned to dense, while the per-group spread keeps the allocations uneven.
+    A network-wide width is drawn from U(low, 1) (`draw="uniform"`) or log-uniformly between low
+    and 1 (`"log"`), and each group keeps width·U(0.6, 1.4) of its channels (clipped to [low, 1], at
+    least one channel). Independent per-group ratios would put every network near the same total size
+    (their mean), so a calibration fitted on them would extrapolate to the small networks a 30% budget
+    asks for; drawing the width first spreads the networks from heavily pruned to dense, while the
+    per-group spread keeps the allocations uneven. Weights and FLOPs grow as the width squared: a
+    uniform width puts few networks at small footprints, a log-uniform one as many in every
+    decade of footprint (what `calibration_networks` needs to see a cache capacity from both sides).
 
     `multiple` puts the counts on a backend's channel lattice (`Backend.channel_multiple`): each
     count is rounded to a multiple of it (at least one multiple) or kept whole, as `hwdsa prune`
@@ -153,8 +164,10 @@ def random_channels(
         raise ConfigError(f"low must lie in (0, 1]; got {low}")
     if multiple < 1:
         raise ConfigError(f"multiple must be >= 1; got {multiple}")
-    level = rng.uniform(low, 1.0)
-    ratios = [min(1.0, max(low, level * rng.uniform(0.6, 1.4))) for _ in graph.group_sizes]
+    if draw not in ("uniform", "log"):
+        raise ConfigError(f"draw must be 'uniform' or 'log'; got {draw!r}")
+    width = rng.uniform(low, 1.0) if draw == "uniform" else math.exp(rng.uniform(math.log(low), 0.0))
+    ratios = [min(1.0, max(low, width * rng.uniform(0.6, 1.4))) for _ in graph.group_sizes]
     out = []
     for r, c in zip(ratios, graph.group_sizes):
         k = max(1, min(c, round(r * c)))
@@ -212,7 +225,9 @@ def measure_rounds(
     """Every round of `measure_pruned`: one measurement per network per round, in round-robin order.
 
     Network i of round r is timed right after network i-1 of the same round, so ratios taken within a
-    round compare networks under the same machine state (`hwdsa.lut.verify` uses them).
+    round compare networks under the same machine state. A network may be listed more than once (a
+    reference timed between others, as `hwdsa.lut.verify` times the dense one): it is built once and
+    timed at each of its places.
     """
     proto = protocol or TimingProtocol()
     n_rounds = proto.rounds if rounds is None else rounds
@@ -221,15 +236,20 @@ def measure_rounds(
     one_round = dataclasses.replace(proto, rounds=1)
     shape = (batch_size, *graph.input_shape[-3:])
     with tempfile.TemporaryDirectory(prefix="hwdsa-nets-") as tmp:
+        built: dict[tuple[int, ...], object] = {}  # a network listed twice (a reference timed often) is built once
         nets: list[object] = []
-        for i, channels in enumerate(channels_list):
-            net = deployable(pruned_network(model, graph, channels))
-            if isinstance(backend, OnnxBackend):  # export once, not once per round
-                from hwdsa.profilers.layers import onnx_from_network
+        for channels in channels_list:
+            key = tuple(int(c) for c in channels)
+            if key not in built:
+                net = deployable(pruned_network(model, graph, channels))
+                if isinstance(backend, OnnxBackend):  # export once, not once per round
+                    from hwdsa.profilers.layers import onnx_from_network
 
-                nets.append(str(onnx_from_network(net, Path(tmp) / f"net{i}.onnx", input_shape=shape, precision=precision)))
-            else:
-                nets.append(net)
+                    path = Path(tmp) / f"net{len(built)}.onnx"
+                    built[key] = str(onnx_from_network(net, path, input_shape=shape, precision=precision))
+                else:
+                    built[key] = net
+            nets.append(built[key])
         samples: list[list[Measurement]] = [[] for _ in nets]
         for _ in range(n_rounds):
             for i, artefact in enumerate(nets):
@@ -297,9 +317,18 @@ def calibrate_table(
 
 
 def calibration_networks(graph: ChannelGraph, networks: int, *, seed: int = 0, multiple: int = 1) -> list[list[int]]:
-    """The networks `calibrate_table` times: the dense one, then `networks - 1` seeded random prunings."""
+    """The networks `calibrate_table` times: the dense one, then `networks - 1` seeded random prunings.
+
+    Their widths are drawn log-uniformly (`random_channels(draw="log")`): the calibration's terms
+    that switch on with the weight footprint (a floor, a spill step at a cache capacity) are only
+    identified with networks on both sides of the capacity, and a uniform width puts few networks at
+    small footprints (VGG-16, 24 networks: 2 under 2 MB of weights and 3 in 2-10 MB, against 4 and 7 drawn
+    log-uniformly).
+    """
     rng = random.Random(seed)
-    return [list(graph.group_sizes)] + [random_channels(graph, rng, multiple=multiple) for _ in range(networks - 1)]
+    return [list(graph.group_sizes)] + [
+        random_channels(graph, rng, multiple=multiple, draw="log") for _ in range(networks - 1)
+    ]
 
 
 def backend_for_table(meta: TableMeta, **overrides: Any) -> Backend:

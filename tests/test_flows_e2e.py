@@ -124,6 +124,7 @@ def test_from_scratch_under_two_budgets_with_json_output(tmp_path: Path, capsys:
         (["--flops", "0.001"], "smallest reachable"),
         (["--latency", "0.5"], "--latency-table"),
         (["--flops", "0.5", "--verify-latency"], "--verify-latency checks a latency budget"),
+        (["--flops", "0.5", "--verify-margin", "0.6"], r"--verify-margin is a share of the budget in \[0, 0.5\)"),
     ],
 )
 def test_bad_budgets_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], match: str) -> None:
@@ -211,13 +212,17 @@ def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: 
         protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
     )  # fmt: skip
     out = tmp_path / "run"
-    argv = ["prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(table), "--verify-latency", "--out", str(out)]
+    argv = [
+        "prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(table), "--verify-latency",
+        "--verify-margin", "0.03", "--out", str(out),
+    ]  # fmt: skip
     assert main(["-q", *argv]) == 0
     report = json.loads((out / "report.json").read_text())
     check = report["latency_check"]
     assert check == json.loads((out / "latency_check.json").read_text())
     assert report["channels"] == check["channels"] and any(c["channels"] == check["channels"] for c in check["candidates"])
     assert check["target_ms"] == pytest.approx(0.8 * check["dense_measured_ms"])
+    assert check["aim_ms"] == pytest.approx(0.97 * check["target_ms"])  # --verify-margin 0.03
     assert check["met"] == (check["measured_ms"] <= check["target_ms"])
     assert report["timings"]["verify_latency_s"] > 0
     assert "latency (ms, measured)" in capsys.readouterr().out

@@ -25,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="after the search, time candidate roundings on the table's backend (this machine must be the table's "
         "device) against the dense network, and keep the largest whose measured latency meets --latency",
     )  # fmt: skip
+    p.add_argument(
+        "--verify-margin", type=float,
+        help="share of the budget --verify-latency keeps free for timing noise: it keeps the largest candidate measured "
+        "within (1 - margin) x the budget (default 0.015)",
+    )  # fmt: skip
     p.add_argument("--from-scratch", action="store_true", default=None, help="search from random weights (no pre-training)")
     p.add_argument("--weights", help="state dict of a pre-trained dense model to start from")
     p.add_argument("--pretrain-epochs", type=int, help="epochs to pre-train the dense model when no --weights are given")
@@ -68,6 +73,7 @@ def config_from_args(args: argparse.Namespace):  # -> PruneJobConfig
             "latency_table": args.latency_table,
             "latency_backend": args.latency_backend,
             "verify_latency": args.verify_latency,
+            "verify_margin": args.verify_margin,
         }.items()
         if v is not None
     }

@@ -135,3 +135,22 @@ def test_calibration_on_another_backend_is_refused(table_path: Path) -> None:
         calibrate_table(LatencyTable.read(table_path), _model(), SHAPE, "onnxruntime", name="x", networks=3, protocol=LIGHT)
     with pytest.raises(ConfigError, match="at least 3 networks"):
         calibrate_table(LatencyTable.read(table_path), _model(), SHAPE, "torch_cpu", name="x", networks=2)
+
+
+def test_log_width_draw_covers_small_networks() -> None:
+    """A log-uniform width puts as many networks in [0.1, 0.32) as in [0.32, 1]; a uniform one a quarter."""
+    graph = trace_channel_graph(create_model("vgg16"), (3, 32, 32))
+
+    def share_narrow(draw: str) -> float:
+        rng = random.Random(0)
+        nets = [random_channels(graph, rng, draw=draw) for _ in range(400)]  # type: ignore[arg-type]
+        mean_ratio = [sum(k / c for k, c in zip(ch, graph.group_sizes)) / len(ch) for ch in nets]
+        return sum(r < 0.32 for r in mean_ratio) / len(nets)
+
+    assert share_narrow("log") > 0.4
+    assert share_narrow("uniform") < 0.3
+    with pytest.raises(ConfigError, match="draw must be"):
+        random_channels(graph, random.Random(0), draw="normal")  # type: ignore[arg-type]
+    first = calibration_networks(graph, 24, seed=0)
+    assert first[0] == list(graph.group_sizes)
+    assert sum(sum(k / c for k, c in zip(ch, graph.group_sizes)) / len(ch) < 0.32 for ch in first[1:]) >= 6

@@ -5,12 +5,14 @@ well, and worse where they do not (a memory-bound network on a shared cache). Wh
 runs on this machine, nothing has to be predicted: the searched keep ratios are rounded under a ladder
 of model limits around the budget, every candidate and the dense network are timed together in
 interleaved rounds, and the largest candidate whose measured latency meets the budget, less a small
-margin for the noise of the measurement itself, is kept (NetAdapt's rule: measure, do not estimate). Timing all of them in one interleaved run lets each see
-the same machine states over a longer stretch of time than one network alone would, which matters on
-a shared machine whose latency level moves in windows of seconds; the dense network, whose latency
-the budget is a fraction of, is timed once every few candidates, so its estimate is the quietest of
-several times more rounds than theirs. The searched keep ratios stay as they are; only the final
-integer counts move.
+margin for the noise of the measurement itself, is kept (NetAdapt's rule: measure, do not estimate).
+
+On a shared machine the latency level moves, in windows of seconds and for minutes at a time, and the
+dense network moves most (its weights stream from the shared cache or memory): a check that timed it
+only in a busy stretch would set the target too high. So the dense network is timed before every few
+candidates, a confirmation run times it again with the kept candidate and its neighbours, and every
+network's latency is the quietest of all its timings. The searched keep ratios stay as they are; only
+the final integer counts move.
 """
 
 from __future__ import annotations
@@ -38,10 +40,10 @@ _log = logging.getLogger(__name__)
 DEFAULT_LADDER: tuple[float, ...] = (0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.96, 0.98, 1.0, 1.02, 1.05, 1.1, 1.15)
 #: Interleaved rounds of the candidates and the dense network when no protocol is given.
 DEFAULT_ROUNDS = 7
-#: When the kept candidate measures more than this fraction under the target, the gap to the next
-#: rung of the ladder is timed more finely.
+#: When the kept candidate measures more than this fraction under the aim, the roundings between it
+#: and the next rung up are timed in the confirmation run as well.
 REFINE_BELOW = 0.02
-#: When every rung measured over the target, the fastest rung's prediction is rescaled by the error
+#: When every rung measured over the aim, the fastest rung's prediction is rescaled by the error
 #: measured at it and roundings under these multiples of that are timed, at most `EXTEND_RUNS` times.
 EXTEND_FACTORS: tuple[float, ...] = (0.9, 0.95, 1.0, 1.04)
 EXTEND_RUNS = 2
@@ -50,10 +52,13 @@ EXTEND_RUNS = 2
 #: network measured exactly at the target measures over it half the time; and the largest of several
 #: noisy candidates under a limit is more often one that measured low than one that measured high.
 DEFAULT_MARGIN = 0.015
-#: The dense network is timed before every this many candidates of a round (its latency is the
+#: The dense network is timed before every this many candidates of a run (its latency is the
 #: quietest of all its timings): the target is a fraction of it, and it is the noisiest network timed
 #: (VGG-16's 59 MB of weights stream from memory; 5% run to run here, against 1.5-2.5% pruned).
 DENSE_EVERY = 4
+#: When the dense network's quietest timings of two runs differ by more than this, the machine's
+#: load changed during the check, and a warning says so.
+DENSE_DISAGREE = 0.05
 
 
 @dataclass(frozen=True)
@@ -61,10 +66,12 @@ class MeasuredBudget:
     """The outcome of `meet_measured_budget`: the counts kept and every candidate measured.
 
     `target_ms` is the budget in ms as measured now (the fraction times the dense network's latency,
-    timed in the same rounds, or the absolute budget), `aim_ms` the (1 - margin) share of it the
-    choice is made against; `candidates` lists every distinct rounding timed, with its model limit,
-    prediction and measurement, in increasing order of limit. `met`: the kept one measured within
-    the target.
+    or the absolute budget), `aim_ms` the (1 - margin) share of it the choice is made against;
+    `dense_runs_ms` the dense network's quietest timing in each run of the check (its latency is the
+    lowest). `candidates` lists every distinct rounding timed, in increasing order of model limit:
+    its limit, prediction, the run that first timed it (``"stage"``: ladder, extended, confirm), its
+    timings (the quietest of each run it was in) and its measured latency, the lowest of them.
+    `met`: the kept one measured within the target.
     """
 
     channels: tuple[int, ...]
@@ -74,7 +81,8 @@ class MeasuredBudget:
     predicted_ms: float
     met: bool
     candidates: tuple[dict[str, Any], ...]
-    aim_ms: float = 0.0
+    aim_ms: float
+    dense_runs_ms: tuple[float, ...]
 
     @property
     def measured_over_target(self) -> float:
@@ -85,11 +93,12 @@ class MeasuredBudget:
             "channels": list(self.channels),
             "measured_ms": self.measured_ms,
             "dense_measured_ms": self.dense_measured_ms,
+            "dense_runs_ms": list(self.dense_runs_ms),
             "target_ms": self.target_ms,
+            "aim_ms": self.aim_ms,
             "predicted_ms": self.predicted_ms,
             "measured_over_target": self.measured_over_target,
             "met": self.met,
-            "aim_ms": self.aim_ms,
             "candidates": list(self.candidates),
         }
 
@@ -112,16 +121,19 @@ def meet_measured_budget(
     Each factor f of `ladder` gives a rounding under the model limit f · budget.limit
     (`round_for_budgets`; infeasible limits are skipped). The distinct candidates and the dense
     network (before every `DENSE_EVERY` candidates) are timed together on `backend`
-    (`measure_pruned`: interleaved rounds, quietest kept; default `DEFAULT_ROUNDS`), and the target is
-    `fraction` times the dense network's measured latency, or the budget's limit in ms when
-    `fraction` is None. The candidate kept is the one with the largest measured latency within the
-    aim, (1 - `margin`) x the target; if none is, the fastest (`met` False when it measured over the
-    target, with a warning that says how far). When the kept one lies more than `REFINE_BELOW` under
-    the aim and a larger rung measured over it, the roundings between those two rungs are timed in a
-    second run (marked ``"refined"``) and the choice is made again among them. When every rung
-    measured over the aim (the model under-prices this network by more than the ladder spans), the
-    fastest rung's prediction is rescaled by aim / measured and the roundings around it are timed
-    (marked ``"extended": k`` for the k-th such run, at most `EXTEND_RUNS`; the latest decides).
+    (`measure_pruned`: interleaved rounds, quietest kept; default `DEFAULT_ROUNDS`). Every network's
+    latency is the quietest of all its timings in every run of the check, the dense network's too;
+    the target is `fraction` times the dense network's latency, or the budget's limit in ms when
+    `fraction` is None, and the aim (1 - `margin`) x the target. The kept candidate is the largest
+    measured within the aim; if none is, the fastest (`met` False when it measured over the target,
+    with a warning that says how far).
+
+    The runs: the ladder's; when every candidate measured over the aim (the model under-prices this
+    network by more than the ladder spans), the fastest one's prediction is rescaled by aim / measured
+    and the roundings around it are timed (at most `EXTEND_RUNS` such runs); then always a
+    confirmation run, which times the dense network again with the kept candidate and its neighbours
+    on the ladder (and the roundings between it and the next one up when it lies more than
+    `REFINE_BELOW` under the aim), so that the choice rests on two stretches of the machine's time.
 
     Raises:
         ConfigError: the budget is not a latency budget, or bad arguments.
@@ -138,6 +150,9 @@ def meet_measured_budget(
     cost = budget.cost
     proto = protocol or TimingProtocol(rounds=DEFAULT_ROUNDS)
     ratios = torch.tensor([float(r) for r in keep_ratios], dtype=torch.float64)
+    dense = list(graph.group_sizes)
+    timed: dict[tuple[int, ...], dict[str, Any]] = {}  # every rounding timed, by its counts
+    dense_runs: list[float] = []
 
     def roundings(limits: Sequence[float]) -> dict[tuple[int, ...], float]:
         """Distinct roundings under `limits` (ascending), each with the smallest limit that gave it."""
@@ -150,72 +165,79 @@ def meet_measured_budget(
             out.setdefault(channels, limit)
         return out
 
-    def time_candidates(candidates: dict[tuple[int, ...], float]) -> tuple[float, list[dict[str, Any]]]:
-        """The dense network's latency (the quietest of its timings) and a row per candidate."""
-        dense = list(graph.group_sizes)
+    def run(candidates: dict[tuple[int, ...], float], stage: str) -> None:
+        """Time `candidates` with the dense network; pool each one's timing with its earlier ones."""
         nets: list[list[int]] = []
         for i, ch in enumerate(candidates):
             if i % DENSE_EVERY == 0:
                 nets.append(dense)
             nets.append(list(ch))
         measured = measure_pruned(model, graph, nets, backend, proto)
-        dense_ms = min(ms for net, ms in zip(nets, measured) if net is dense)
-        timed = [ms for net, ms in zip(nets, measured) if net is not dense]
-        rows = [
-            {"limit_ms": limit, "channels": list(ch), "predicted_ms": cost.exact(ch), "measured_ms": ms}
-            for (ch, limit), ms in zip(candidates.items(), timed)
-        ]
-        return dense_ms, rows
+        dense_runs.append(min(ms for net, ms in zip(nets, measured) if net is dense))
+        for net, ms in zip(nets, measured):
+            if net is dense:
+                continue
+            ch = tuple(net)
+            row = timed.setdefault(
+                ch, {"limit_ms": candidates[ch], "channels": net, "predicted_ms": cost.exact(ch), "stage": stage, "timings_ms": []}
+            )  # fmt: skip
+            row["timings_ms"].append(ms)
+            row["measured_ms"] = min(row["timings_ms"])
 
-    def target_of(dense_ms: float) -> float:
-        return budget.limit if fraction is None else fraction * dense_ms
+    def target_now() -> float:
+        return budget.limit if fraction is None else fraction * min(dense_runs)
 
-    candidates = roundings([f * budget.limit for f in ladder])
-    if not candidates:
+    def choice() -> dict[str, Any]:
+        """The largest candidate measured within the aim, else the fastest."""
+        aim = (1 - margin) * target_now()
+        fitting = [r for r in timed.values() if r["measured_ms"] <= aim]
+        if fitting:
+            return max(fitting, key=lambda r: r["measured_ms"])
+        return min(timed.values(), key=lambda r: r["measured_ms"])
+
+    first = roundings([f * budget.limit for f in ladder])
+    if not first:
         raise BudgetInfeasibleError(
             f"no rounding meets even {max(ladder):.3g} x the latency budget of {budget.limit:.4g} ms: raise the budget"
         )
-    dense_ms, rows = time_candidates(candidates)
-    target = target_of(dense_ms)
-    aim = (1 - margin) * target
-    decided = rows  # the run whose candidates the choice is made among: each is judged against its own dense timing
-    for run in range(1, EXTEND_RUNS + 1):
-        fastest = min(decided, key=lambda r: r["measured_ms"])
+    run(first, "ladder")
+    for _ in range(EXTEND_RUNS):
+        fastest = min(timed.values(), key=lambda r: r["measured_ms"])
+        aim = (1 - margin) * target_now()
         if fastest["measured_ms"] <= aim:
             break
         # Everything timed is too slow: the model's error at the fastest candidate says how far to move.
         base = fastest["predicted_ms"] * aim / fastest["measured_ms"]
-        timed = {tuple(r["channels"]) for r in rows}
         lower = {ch: lim for ch, lim in roundings([base * f for f in EXTEND_FACTORS]).items() if ch not in timed}
         if not lower:
             break
-        dense_ms, extended = time_candidates(lower)
-        target = target_of(dense_ms)
-        aim = (1 - margin) * target
-        rows = sorted(rows + [{**r, "extended": run} for r in extended], key=lambda r: r["limit_ms"])
-        decided = extended
-    fitting = [r for r in decided if r["measured_ms"] <= aim]
-    best = max(fitting, key=lambda r: r["measured_ms"]) if fitting else min(decided, key=lambda r: r["measured_ms"])
-    above = [r for r in decided if r["measured_ms"] > aim and r["limit_ms"] > best["limit_ms"]]
-    if fitting and above and best["measured_ms"] < (1 - REFINE_BELOW) * aim:
-        # The ladder straddles the target with a gap: time the roundings between the two rungs, with both
-        # rungs and the dense network again (one run, so they are compared under the same machine states).
-        lo, hi = best["limit_ms"], min(r["limit_ms"] for r in above)
-        finer = roundings([lo + (hi - lo) * k / 4 for k in range(4)] + [hi])
-        if len(finer) > 2:
-            dense_again, refined = time_candidates(finer)
-            target_again = target_of(dense_again)
-            rows = sorted(rows + [{**r, "refined": True} for r in refined], key=lambda r: r["limit_ms"])
-            fitting_again = [r for r in refined if r["measured_ms"] <= (1 - margin) * target_again]
-            if fitting_again:  # the second run decides; had nothing fitted there, the first one's choice stands
-                dense_ms, target, fitting = dense_again, target_again, fitting_again
-                aim = (1 - margin) * target
-                best = max(fitting, key=lambda r: r["measured_ms"])
+        run(lower, "extended")
+    # Confirm on a second stretch of time: the kept candidate, its neighbours and the dense network again.
+    best = choice()
+    by_limit = sorted(timed.values(), key=lambda r: r["limit_ms"])
+    k = next(i for i, r in enumerate(by_limit) if r is best)
+    confirm = {tuple(r["channels"]): r["limit_ms"] for r in by_limit[max(0, k - 1) : k + 2]}
+    aim = (1 - margin) * target_now()
+    if k + 1 < len(by_limit) and best["measured_ms"] <= aim and best["measured_ms"] < (1 - REFINE_BELOW) * aim:
+        lo, hi = best["limit_ms"], by_limit[k + 1]["limit_ms"]
+        confirm.update({ch: lim for ch, lim in roundings([lo + (hi - lo) * j / 4 for j in range(1, 4)]).items() if ch not in confirm})
+    run(dict(sorted(confirm.items(), key=lambda kv: kv[1])), "confirm")
+    best = choice()
+    target = target_now()
+    aim = (1 - margin) * target
+    rows = sorted(timed.values(), key=lambda r: r["limit_ms"])
     _log.info(
-        "measured budget: %d candidate roundings timed against the dense network (%.4g ms); kept %.4g ms for a target "
-        "of %.4g ms, aiming at %.4g ms (the model predicted %.4g ms for it)",
-        len(rows), dense_ms, best["measured_ms"], target, aim, best["predicted_ms"],
+        "measured budget: %d candidate roundings timed against the dense network (%.4g ms, the quietest of %s); kept "
+        "%.4g ms for a target of %.4g ms, aiming at %.4g ms (the model predicted %.4g ms for it)",
+        len(rows), min(dense_runs), ", ".join(f"{d:.4g}" for d in dense_runs), best["measured_ms"], target, aim,
+        best["predicted_ms"],
     )  # fmt: skip
+    if max(dense_runs) > (1 + DENSE_DISAGREE) * min(dense_runs):
+        _log.warning(
+            "the dense network measured %s ms in the check's runs (quietest of each): this machine's load changed while "
+            "it ran, and the kept network was chosen against the quietest; check it again on an idle machine",
+            ", ".join(f"{d:.4g}" for d in dense_runs),
+        )  # fmt: skip
     met = best["measured_ms"] <= target
     if not met:
         _log.warning(
@@ -226,12 +248,13 @@ def meet_measured_budget(
     return MeasuredBudget(
         channels=tuple(best["channels"]),
         measured_ms=float(best["measured_ms"]),
-        dense_measured_ms=float(dense_ms),
+        dense_measured_ms=float(min(dense_runs)),
         target_ms=float(target),
         predicted_ms=float(best["predicted_ms"]),
         met=met,
         candidates=tuple(rows),
         aim_ms=float(aim),
+        dense_runs_ms=tuple(float(d) for d in dense_runs),
     )
 
 
@@ -239,6 +262,7 @@ __all__ = [
     "DEFAULT_LADDER",
     "DEFAULT_MARGIN",
     "DEFAULT_ROUNDS",
+    "DENSE_DISAGREE",
     "DENSE_EVERY",
     "EXTEND_FACTORS",
     "EXTEND_RUNS",

@@ -187,9 +187,12 @@ def meet_measured_budget(
     def target_now() -> float:
         return budget.limit if fraction is None else fraction * min(dense_runs)
 
+    def aim_now() -> float:
+        return (1 - margin) * target_now()
+
     def choice() -> dict[str, Any]:
         """The largest candidate measured within the aim, else the fastest."""
-        aim = (1 - margin) * target_now()
+        aim = aim_now()
         fitting = [r for r in timed.values() if r["measured_ms"] <= aim]
         if fitting:
             return max(fitting, key=lambda r: r["measured_ms"])
@@ -203,7 +206,7 @@ def meet_measured_budget(
     run(first, "ladder")
     for _ in range(EXTEND_RUNS):
         fastest = min(timed.values(), key=lambda r: r["measured_ms"])
-        aim = (1 - margin) * target_now()
+        aim = aim_now()
         if fastest["measured_ms"] <= aim:
             break
         # Everything timed is too slow: the model's error at the fastest candidate says how far to move.
@@ -217,14 +220,13 @@ def meet_measured_budget(
     by_limit = sorted(timed.values(), key=lambda r: r["limit_ms"])
     k = next(i for i, r in enumerate(by_limit) if r is best)
     confirm = {tuple(r["channels"]): r["limit_ms"] for r in by_limit[max(0, k - 1) : k + 2]}
-    aim = (1 - margin) * target_now()
+    aim = aim_now()
     if k + 1 < len(by_limit) and best["measured_ms"] <= aim and best["measured_ms"] < (1 - REFINE_BELOW) * aim:
         lo, hi = best["limit_ms"], by_limit[k + 1]["limit_ms"]
         confirm.update({ch: lim for ch, lim in roundings([lo + (hi - lo) * j / 4 for j in range(1, 4)]).items() if ch not in confirm})
     run(dict(sorted(confirm.items(), key=lambda kv: kv[1])), "confirm")
     best = choice()
-    target = target_now()
-    aim = (1 - margin) * target
+    target, aim = target_now(), aim_now()
     rows = sorted(timed.values(), key=lambda r: r["limit_ms"])
     _log.info(
         "measured budget: %d candidate roundings timed against the dense network (%.4g ms, the quietest of %s); kept "

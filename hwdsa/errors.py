@@ -49,3 +49,7 @@ class EngineMismatchError(ExportError):
 
 class CheckpointError(HwdsaError, RuntimeError):
     """A checkpoint cannot be resumed (missing, corrupted, or from a different configuration)."""
+
+
+class SurgeryMismatchError(HwdsaError, RuntimeError):
+    """The pruned network does not compute what the masked dense network computed (a tracer or surgery bug)."""

@@ -1,12 +1,15 @@
 """The user's pruning job end to end: (pre-train) → DSA search → surgery → fine-tune → report.
 
 Every phase checkpoints after each epoch into the output folder; a killed job started again with
-`resume=True` continues from its last checkpoint and reaches the same result.
+`resume=True` continues from its last checkpoint and reaches the same result. Each phase's result and
+checkpoint carry the inputs that produced it (`phase_inputs`): a resume under a changed configuration
+reuses only the phases whose inputs are unchanged and reruns the rest, saying which and why.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -30,7 +33,16 @@ from hwdsa.errors import ConfigError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance
 from hwdsa.lut.rounding import round_for_budgets  # latency budgets: latency-optimal rounding
-from hwdsa.training import TrainConfig, batches_per_epoch, evaluate, make_optimizer, make_scheduler, set_epoch, train_epoch
+from hwdsa.training import (
+    TrainConfig,
+    batches_per_epoch,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    recalibrate_batchnorm,
+    set_epoch,
+    train_epoch,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -132,6 +144,41 @@ class PruneJobConfig:
         return cls(**d)
 
 
+PHASES = ("pretrain", "search", "finetune")
+
+
+def _file_digest(path: str | None) -> str | None:
+    """SHA-256 of a file's bytes (a changed table or weights file changes the phases that read it)."""
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def phase_inputs(cfg: PruneJobConfig) -> dict[str, dict[str, Any]]:
+    """What each phase's result depends on; a later phase includes the earlier phase's inputs."""
+    d = cfg.to_dict()
+    pretrain = {
+        key: d[key]
+        for key in ("model", "dataset", "data_root", "subset_per_class", "holdout_fraction", "seed", "batch_size", "from_scratch")
+    }
+    pretrain["weights"] = None if cfg.weights is None else {"path": cfg.weights, "sha256": _file_digest(cfg.weights)}
+    pretrain["pretrain"] = d["pretrain"] if not (cfg.from_scratch or cfg.weights) else None
+    search = {key: d[key] for key in ("budgets", "search", "admm", "round_to", "fixed_keep_ratios", "latency_backend", "verify_latency", "verify_margin")}
+    search["latency_table"] = None if cfg.latency_table is None else {"path": cfg.latency_table, "sha256": _file_digest(cfg.latency_table)}
+    search["earlier phases"] = pretrain
+    finetune = {"finetune": d["finetune"], "earlier phases": search}
+    return {"pretrain": pretrain, "search": search, "finetune": finetune}
+
+
+def _digest(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Top-level settings that differ between two phases' inputs."""
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +239,7 @@ class PruneJob:
         self.checkpoint = self.out / "checkpoint.pt"
 
     # -- helpers ------------------------------------------------------------------------------
-    def _loaders(self) -> tuple[Any, Any, Any, Any, Any]:
+    def _loaders(self) -> tuple[Any, Any, Any, Any, Any, Any]:
         from hwdsa.data import load_dataset, make_loader
 
         cfg = self.config
@@ -203,16 +250,19 @@ class PruneJob:
         train = make_loader(splits.train, cfg.batch_size, train=True, **kw)
         holdout = make_loader(splits.holdout, cfg.batch_size, train=True, **kw)
         test = make_loader(splits.test, 256, train=False, **kw)
-        return splits, train, holdout, test, splits.input_shape
+        # The held-out images as a validation set: what settings are chosen on (never the test set).
+        holdout_eval = make_loader(splits.holdout, 256, train=False, **kw)
+        return splits, train, holdout, holdout_eval, test, splits.input_shape
 
     def _train_phase(self, phase: str, model: nn.Module, cfg: TrainConfig, loader: Any, device: torch.device, resume: bool) -> float:
         """Plain training with per-epoch checkpoints; returns seconds spent (this session)."""
         optimizer = make_optimizer(model, cfg)
         scheduler = make_scheduler(optimizer, cfg, batches_per_epoch(loader))
         start = 0
+        tag = self._tags[phase]
         if resume and self.checkpoint.is_file():
             state = load_checkpoint(self.checkpoint)
-            if state.get("phase") == phase:
+            if state.get("phase") == phase and state.get("tag") == tag:
                 model.load_state_dict(state["model"])
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
@@ -230,6 +280,7 @@ class PruneJob:
                     self.checkpoint,
                     {
                         "phase": phase,
+                        "tag": tag,
                         "epoch": epoch + 1,
                         "model": model.state_dict(),
                         "optimizer": optimizer.state_dict(),
@@ -250,13 +301,42 @@ class PruneJob:
     def _done(self, name: str) -> Path:
         return self.out / f".{name}.done.pt"
 
+    def _reusable(self, phase: str, resume: bool, device: torch.device) -> dict[str, Any] | None:
+        """The finished result of `phase` when resuming and its inputs are unchanged, else None (say why)."""
+        path = self._done(phase)
+        if not resume or not path.is_file():
+            return None
+        saved: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+        inputs = self._inputs[phase]
+        old = json.loads(saved["inputs"]) if isinstance(saved, dict) and "inputs" in saved else None
+        if old == json.loads(json.dumps(inputs, default=str)):
+            _log.info("resume: reusing the finished %s phase (its inputs are unchanged)", phase)
+            return saved
+        what = "it was saved by an older hwdsa" if old is None else "changed: " + ", ".join(_changed(old, inputs))
+        _log.warning("resume: rerunning the %s phase (%s)", phase, what)
+        return None
+
+    def _save_done(self, phase: str, payload: dict[str, Any]) -> None:
+        if is_main_process():
+            from hwdsa._io import atomic_path
+
+            with atomic_path(self._done(phase)) as tmp:
+                torch.save({"inputs": json.dumps(self._inputs[phase], default=str), **payload}, tmp)
+        barrier()
+
     # -- the job ------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> dict[str, Any]:
         """Run every phase and write `pruned.pt`, `allocation.csv`, `report.json` and `config.json`."""
+        from hwdsa.equivalence import check_pruned_matches_masked
         from hwdsa.models import create_model
         from hwdsa.surgery import plan_from_channels, prune, save_pruned
 
         cfg = self.config
+        for what, path in (("--weights", cfg.weights), ("--latency-table", cfg.latency_table)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{what} {path}: no such file")
+        self._inputs = phase_inputs(cfg)
+        self._tags = {phase: _digest(inputs) for phase, inputs in self._inputs.items()}
         init_from_env()
         device = resolve_device(cfg.device)
         if is_distributed() and device.type == "cuda":
@@ -268,42 +348,33 @@ class PruneJob:
         timings: dict[str, float] = {}
         t_job = time.perf_counter()
 
-        splits, train, holdout, test, input_shape = self._loaders()
+        splits, train, holdout, holdout_eval, test, input_shape = self._loaders()
         model = create_model(cfg.model, num_classes=splits.num_classes, **_model_kwargs(cfg.model, input_shape)).to(device)
         if cfg.weights:
             state = torch.load(cfg.weights, map_location=device, weights_only=True)
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
 
+        # Cost models and budgets first: a missing table or an infeasible budget is refused before any training.
+        graph = trace_channel_graph(model, input_shape)
+        budgets = self._resolve_budgets(model, graph, input_shape)
+
         # Phase 1: a dense model to start from (unless pruning from scratch or given weights).
-        dense_done = self._done("dense")
+        pretrain_reused = False
         if not cfg.from_scratch and not cfg.weights:
-            if resume and dense_done.is_file():
-                model.load_state_dict(torch.load(dense_done, map_location=device, weights_only=True))
+            dense_saved = self._reusable("pretrain", resume, device)
+            if dense_saved is not None:
+                model.load_state_dict(dense_saved["model"])
+                pretrain_reused = True
             else:
                 timings["pretrain_s"] = self._train_phase("pretrain", model, cfg.pretrain, train, device, resume)
-                if is_main_process():
-                    from hwdsa._io import atomic_path
-
-                    with atomic_path(dense_done) as tmp:
-                        torch.save(model.state_dict(), tmp)
-                barrier()
+                self._save_done("pretrain", {"model": model.state_dict()})
         dense_acc = evaluate(model, test, device) if not cfg.from_scratch else None
-        graph = trace_channel_graph(model, input_shape)
-        latency_table = cfg.latency_table
-        if latency_table is None and cfg.latency_backend is not None and any(s.cost == "latency" for s in cfg.budgets):
-            from hwdsa.lut.network import latency_table_for
-
-            latency_table = str(self.out / "latency_table.csv")
-            if is_main_process():  # resumable: a rerun finds the finished table and measures nothing
-                latency_table_for(model, input_shape, cfg.latency_backend, latency_table, name=cfg.model)
-            barrier()
-        budgets = [spec.resolve(build_cost(spec.cost, graph, latency_table)) for spec in cfg.budgets]
+        dense_heldout = evaluate(model, holdout_eval, device) if not cfg.from_scratch else None
 
         # Phase 2: the search (or fixed ratios for baselines).
-        search_done = self._done("search")
         result: SearchResult | None = None
-        if resume and search_done.is_file():
-            saved = torch.load(search_done, map_location=device, weights_only=True)
+        saved = self._reusable("search", resume, device) if pretrain_reused or cfg.from_scratch or cfg.weights else None
+        if saved is not None:
             model.load_state_dict(saved["model"])
             channels, ratios = list(saved["channels"]), list(saved["ratios"])
             history = json.loads(saved["history"])
@@ -318,29 +389,25 @@ class PruneJob:
         else:
             ddp = self._wrap(model, device)
             searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device)
-            result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume)
+            result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume, tag=self._tags["search"])
             ratios = result.keep_ratios
             channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
             if cfg.verify_latency:
-                channels = self._verify_latency(unwrap(model), graph, ratios, budgets[0], latency_table, timings)
+                channels = self._verify_latency(unwrap(model), graph, ratios, budgets[0], self.latency_table, timings)
             history = result.history
             timings["search_s"] = result.seconds
             timings["search_s_per_step"] = result.seconds / max(1, result.weight_steps)
-        if is_main_process() and not (resume and search_done.is_file()):
-            from hwdsa._io import atomic_path
-
-            with atomic_path(search_done) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "channels": channels,
-                        "ratios": ratios,
-                        "history": json.dumps(history),
-                        "timings": json.dumps(timings),
-                    },
-                    tmp,
-                )
-        barrier()
+        if saved is None:
+            self._save_done(
+                "search",
+                {
+                    "model": model.state_dict(),
+                    "channels": channels,
+                    "ratios": ratios,
+                    "history": json.dumps(history),
+                    "timings": json.dumps(timings),
+                },
+            )
 
         # Phase 3: surgery and fine-tuning.
         importance = group_importance(model, graph, mode=cfg.admm.importance)
@@ -357,9 +424,13 @@ class PruneJob:
         flops_counted = count_flops(pruned, input_shape)
         if int(round(flops_exact)) != flops_counted:
             raise RuntimeError(f"FLOPs of the pruned network ({flops_counted}) differ from the cost function ({flops_exact}): a bug")
+        check_pruned_matches_masked(unwrap(model), graph, plan, pruned, next(iter(holdout))[0][:32].to(device))
+        acc_after_surgery = evaluate(pruned, test, device)
+        recalibrate_batchnorm(pruned, train, device)
         acc_before_ft = evaluate(pruned, test, device)
         timings["finetune_s"] = self._train_phase("finetune", pruned, cfg.finetune, train, device, resume)
         pruned_acc = evaluate(pruned, test, device)
+        pruned_heldout = evaluate(pruned, holdout_eval, device)
         timings["total_s"] = time.perf_counter() - t_job
 
         dense_flops, dense_params = FlopsCost(graph).dense, ParamsCost(graph).dense
@@ -369,9 +440,11 @@ class PruneJob:
             "dataset": cfg.dataset,
             "flow": "from_scratch" if cfg.from_scratch else ("fixed_ratios" if cfg.fixed_keep_ratios else "pretrained"),
             "budgets": {b.cost.name: {"limit": b.limit, "unit": b.cost.unit, "fraction_of_dense": b.limit / dense_reference(b.cost), "achieved": b.cost.exact(channels)} for b in budgets},
-            "dense": {"accuracy": dense_acc, "flops": dense_flops, "params": dense_params},
+            "dense": {"accuracy": dense_acc, "heldout_accuracy": dense_heldout, "flops": dense_flops, "params": dense_params},
             "pruned": {
                 "accuracy": pruned_acc,
+                "heldout_accuracy": pruned_heldout,
+                "accuracy_after_surgery": acc_after_surgery,
                 "accuracy_before_finetune": acc_before_ft,
                 "flops": flops_counted,
                 "params": count_params(pruned),
@@ -403,6 +476,33 @@ class PruneJob:
         barrier()
         return report
 
+
+    def _resolve_budgets(self, model: nn.Module, graph: ChannelGraph, input_shape: tuple[int, ...]) -> list[Budget]:
+        """Every budget's cost model (profiling this device if asked), each checked for feasibility."""
+        from hwdsa.dsa.projection import check_feasible
+
+        cfg = self.config
+        self.latency_table = cfg.latency_table
+        if self.latency_table is None and cfg.latency_backend is not None and any(s.cost == "latency" for s in cfg.budgets):
+            from hwdsa.lut.network import latency_table_for
+
+            self.latency_table = str(self.out / "latency_table.csv")
+            if is_main_process():  # resumable: a rerun finds the finished table and measures nothing
+                latency_table_for(model, input_shape, cfg.latency_backend, self.latency_table, name=cfg.model)
+            barrier()
+        budgets = [spec.resolve(build_cost(spec.cost, graph, self.latency_table)) for spec in cfg.budgets]
+        for budget in budgets:
+            if cfg.fixed_keep_ratios is None:
+                check_feasible(budget.cost, budget.limit, cfg.admm.min_keep_ratio)
+            dense = budget.cost.dense
+            if budget.limit >= dense:
+                unit = f" {budget.cost.unit}" if budget.cost.unit else ""
+                _log.warning(
+                    "the %s budget (%.6g%s) is at or above the dense network's %s (%.6g%s): the dense network already "
+                    "meets it, so no channel needs pruning",
+                    budget.cost.name, budget.limit, unit, budget.cost.name, dense, unit,
+                )  # fmt: skip
+        return budgets
 
     def _verify_latency(
         self, model: nn.Module, graph: ChannelGraph, ratios: list[float], budget: Budget, table_path: str | None,

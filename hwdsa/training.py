@@ -140,3 +140,25 @@ def fit(
         losses.append(train_epoch(model, train_loader, optimizer, scheduler, device, desc=f"{desc} {epoch + 1}/{cfg.epochs}"))
         _log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, cfg.epochs, losses[-1])
     return losses
+
+
+def recalibrate_batchnorm(model: nn.Module, loader: Batches, device: torch.device, *, images: int = 4096) -> int:
+    """Re-estimate every BatchNorm's running statistics from `images` training images; returns how many were used.
+
+    Surgery keeps each kept channel's statistics, but they were gathered with the dropped channels present
+    (and, during the search, under random masks), so the pruned network's eval-mode output drifts far from
+    its train-mode output. A pass in train mode without gradients (`torch.optim.swa_utils.update_bn`, a
+    cumulative average) restores them; fine-tuning then starts from a network that already works.
+    """
+    seen = 0
+
+    def head() -> Iterable[Tensor]:
+        nonlocal seen
+        for x, _ in loader:
+            if seen >= images:
+                return
+            seen += len(x)
+            yield x
+
+    torch.optim.swa_utils.update_bn(head(), model, device)
+    return seen

@@ -226,3 +226,44 @@ def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: 
     assert check["met"] == (check["measured_ms"] <= check["target_ms"])
     assert report["timings"]["verify_latency_s"] > 0
     assert "latency (ms, measured)" in capsys.readouterr().out
+
+
+def test_resume_under_a_changed_budget_reruns_the_search_and_meets_the_new_budget(
+    tmp_path: Path, pretrained: tuple[Path, dict[str, Any], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """--resume with another --flops reuses the pre-training (same inputs) and reruns search and fine-tuning."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(pretrained[0], out)
+    flags = [f for f in PRETRAINED if f not in ("--flops", "0.5")]
+    with caplog.at_level("INFO", logger="hwdsa.flows"):
+        assert main(["prune", *flags, "--flops", "0.3", "--out", str(out), "--resume"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["budgets"]["flops"]["fraction_of_dense"] == pytest.approx(0.3)
+    assert report["pruned"]["flops_fraction"] <= 0.3
+    assert report["dense"]["accuracy"] == pretrained[1]["dense"]["accuracy"], "the pre-training was reused"
+    assert "pretrain_s" not in report["timings"] and report["timings"]["search_s"] > 0
+    messages = caplog.text
+    assert "reusing the finished pretrain phase" in messages
+    assert re.search(r"rerunning the search phase \(changed: budgets\)", messages), messages
+
+
+def test_resume_with_other_data_reruns_the_pretraining(
+    tmp_path: Path, pretrained: tuple[Path, dict[str, Any], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(pretrained[0], out)
+    flags = [("20" if f == "30" else f) for f in PRETRAINED]  # --subset-per-class 20: another training set
+    with caplog.at_level("INFO", logger="hwdsa.flows"):
+        assert main(["prune", *flags, "--out", str(out), "--resume"]) == 0
+    assert re.search(r"rerunning the pretrain phase \(changed: subset_per_class\)", caplog.text), caplog.text
+    assert json.loads((out / "report.json").read_text())["timings"]["pretrain_s"] > 0
+
+
+def test_a_budget_the_dense_network_meets_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="hwdsa.flows"):
+        assert main(["-q", "prune", *TINY, "--from-scratch", "--flops", "1.0", "--out", str(tmp_path / "run")]) == 0
+    assert "the dense network already meets it" in caplog.text

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
+import struct
 import warnings
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from hwdsa.surgery import (
     round_channels,
     save_pruned,
 )
+from hwdsa.surgery import _weights_digest as weights_digest
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BIG = {"resnet50", "resnet18", "vgg16", "mobilenet_v2"}
@@ -619,6 +624,10 @@ def test_load_pruned_weights_that_do_not_fit(tmp_path: Path) -> None:
     path, _ = _saved(tmp_path, model_name="resnet20", num_classes=10)
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["fc.weight"] = torch.zeros(10, 3)
+    torch.save(payload, tmp_path / "bad.pt")  # an edit outside save_pruned: the recorded digest no longer matches
+    with pytest.raises(CheckpointError, match=r"bad.pt is corrupted: its weights do not match the SHA-256 digest"):
+        load_pruned(tmp_path / "bad.pt")
+    payload["weights_sha256"] = weights_digest(payload["state_dict"])  # as if save_pruned had written them
     torch.save(payload, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"(?s)the saved weights do not fit the pruned .*size mismatch for fc.weight"):
         load_pruned(tmp_path / "bad.pt")
@@ -646,7 +655,152 @@ def test_load_pruned_corrupted_files(tmp_path: Path) -> None:
         load_pruned(tmp_path / "badplan.pt")
     payload["format_version"] = 99
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="has format version 99; this hwdsa reads version 1"):
+    with pytest.raises(CheckpointError, match="has format version 99; this hwdsa reads version 2"):
         load_pruned(tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="no pruned model at"):
         load_pruned(tmp_path / "missing.pt")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integrity of saved pruned models
+# ---------------------------------------------------------------------------------------------------------
+def _flip_weight_byte(path: Path, *, fix_crc: bool) -> Path:
+    """A copy of `path` with one bit flipped inside the largest tensor record (a convolution's weights).
+
+    torch.save writes an uncompressed zip, so the record's bytes are the tensor's bytes. With `fix_crc`,
+    the member's CRC-32 (central directory and data descriptor) is recomputed too, so that only the
+    digest of the weights can tell.
+    """
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        central = archive.start_dir
+    assert info.compress_type == zipfile.ZIP_STORED and info.file_size >= 64
+    name_len, extra_len = struct.unpack_from("<HH", data, info.header_offset + 26)
+    start = info.header_offset + 30 + name_len + extra_len
+    data[start + 4 * (info.file_size // 8)] ^= 0x01  # the lowest mantissa bit of a float32: still finite
+    if fix_crc:
+        crc = zlib.crc32(data[start : start + info.file_size])
+        pos = central
+        while True:  # this member's central directory record: its CRC-32 sits at byte 16
+            pos = data.index(b"PK\x01\x02", pos)
+            n = struct.unpack_from("<H", data, pos + 28)[0]
+            if data[pos + 46 : pos + 46 + n].decode() == info.filename:
+                break
+            pos += 4
+        struct.pack_into("<I", data, pos + 16, crc)
+        if info.flag_bits & 0x08:  # a data descriptor follows the data (signature optional), CRC first
+            end = start + info.file_size
+            struct.pack_into("<I", data, end + 4 if data[end : end + 4] == b"PK\x07\x08" else end, crc)
+        else:
+            struct.pack_into("<I", data, info.header_offset + 14, crc)
+    out = path.with_name("flipped.pt")
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("fix_crc", "match"),
+    [
+        (False, r"flipped.pt is corrupted: the zip checksum of its member data/\d+ does not match"),
+        (True, r"flipped.pt is corrupted: its weights do not match the SHA-256 digest save_pruned recorded"),
+    ],
+)
+def test_load_pruned_refuses_a_flipped_byte_in_a_weight(tmp_path: Path, fix_crc: bool, match: str) -> None:
+    path, _ = _saved(tmp_path, model_name="resnet20", num_classes=10)
+    flipped = _flip_weight_byte(path, fix_crc=fix_crc)
+    # the flip lies inside one weight tensor, and torch itself reads the file without complaint
+    before, after = torch.load(path, weights_only=True)["state_dict"], torch.load(flipped, weights_only=True)["state_dict"]
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert len(changed) == 1 and changed[0].endswith("weight") and int((before[changed[0]] != after[changed[0]]).sum()) == 1
+    assert torch.isfinite(after[changed[0]]).all()
+    with zipfile.ZipFile(flipped) as archive:
+        assert (archive.testzip() is None) == fix_crc
+    with pytest.raises(CheckpointError, match=match) as caught:
+        load_pruned(flipped)
+    assert "re-export it with hwdsa.surgery.save_pruned" in str(caught.value)
+    load_pruned(path)  # the original still loads
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_load_pruned_refuses_non_finite_weights(tmp_path: Path, value: float, caplog: pytest.LogCaptureFixture) -> None:
+    model = _randomise_(create_model("resnet20"), seed=7)
+    graph = trace_channel_graph(model, (3, 32, 32))
+    plan = plan_from_keep_ratios(graph, group_importance(model, graph), [0.5] * len(graph.groups), model_name="resnet20", num_classes=10)
+    pruned = prune(model, graph, plan)
+    with torch.no_grad():
+        pruned.conv1.weight[0, 0, 0, 0] = value
+        pruned.fc.weight[0, :2] = value  # a later tensor: the message names the first
+    with caplog.at_level(logging.WARNING, logger="hwdsa.surgery"):
+        path = save_pruned(tmp_path / "diverged.pt", pruned, plan)  # the digest matches: only finiteness fails
+    assert "non-finite values in 'conv1.weight'" in caplog.text
+    with pytest.raises(CheckpointError, match=r"diverged.pt holds non-finite weights: 'conv1.weight' has 1 NaN or inf values"):
+        load_pruned(path)
+
+
+def test_load_pruned_reads_version_1_files_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path, pruned = _saved(tmp_path, model_name="resnet20", num_classes=10)
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == 2 and payload["weights_sha256"] == weights_digest(payload["state_dict"])
+    undigested = {k: v for k, v in payload.items() if k != "weights_sha256"}
+    torch.save(undigested, tmp_path / "v2_without_digest.pt")
+    with pytest.raises(CheckpointError, match="v2_without_digest.pt is corrupted: it lacks the digest of its weights"):
+        load_pruned(tmp_path / "v2_without_digest.pt")
+    torch.save({**undigested, "format_version": 1}, tmp_path / "v1.pt")  # what hwdsa wrote before the digest
+    with caplog.at_level(logging.WARNING, logger="hwdsa.surgery"):
+        reloaded, _ = load_pruned(tmp_path / "v1.pt")
+    assert "v1.pt has format version 1" in caplog.text and "integrity cannot be checked" in caplog.text
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.eval()(x), pruned.eval()(x), rtol=0, atol=0)
+    undigested["state_dict"]["fc.bias"][0] = float("nan")  # finiteness is still checked
+    torch.save({**undigested, "format_version": 1}, tmp_path / "v1_nan.pt")
+    with pytest.raises(CheckpointError, match="holds non-finite weights: 'fc.bias'"):
+        load_pruned(tmp_path / "v1_nan.pt")
+
+
+def _edit_plan(plan: dict[str, object], **changes: object) -> dict[str, object]:
+    return {**plan, **changes}
+
+
+@pytest.mark.parametrize(
+    ("edit", "also_file_fields", "match"),
+    [
+        (lambda p: _edit_plan(p, kept=[[], *p["kept"][1:]]), False,
+         r"holds a malformed pruning plan: group 0 keeps no channel.*The saved plan does not fit any architecture"),
+        (lambda p: _edit_plan(p, model_kwargs={"in_channels": 3}), True,
+         r"the saved plan does not fit the SmallCNN architecture: it does not run on the plan's input shape \(2, 1, 28, 28\)"),
+        (lambda p: _edit_plan(p, model_kwargs={"in_channels": 3}), False,
+         r"the saved plan does not fit the file's own record of the architecture: the plan has model_kwargs=\{'in_channels': 3\}"),
+        (lambda p: _edit_plan(p, input_shape=[3, 28, 28]), False,
+         r"the saved plan does not fit the SmallCNN architecture: it does not run on the plan's input shape \(2, 3, 28, 28\)"),
+        (lambda p: _edit_plan(p, group_sizes=[17, *p["group_sizes"][1:]]), False,
+         r"the saved plan does not fit the SmallCNN architecture: the pruning plan .* group 0 has 17 channels in the plan, 16"),
+        (lambda p: _edit_plan(p, model_kwargs={"in_channels": 1, "depth": 3}), True,
+         r"the saved plan does not fit the 'small_cnn' architecture: model 'small_cnn' does not accept keyword arguments \['depth'\]"),
+        (lambda p: _edit_plan(p, model_name="resnet20"), True,
+         r"the saved plan does not fit the CifarResNet architecture: the pruning plan \(made for 'resnet20'\) does not fit"),
+    ],
+    ids=["kept-nothing", "in_channels", "in_channels-plan-only", "input_shape", "group_size", "unknown-kwarg", "model_name"],
+)
+def test_load_pruned_refuses_an_edited_plan_that_does_not_fit(
+    tmp_path: Path, edit: object, also_file_fields: bool, match: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = _randomise_(create_model("small_cnn", in_channels=1), seed=3)
+    graph = trace_channel_graph(model, (1, 28, 28))
+    plan = plan_from_keep_ratios(
+        graph, group_importance(model, graph), [0.5] * len(graph.groups), model_name="small_cnn", num_classes=10,
+        model_kwargs={"in_channels": 1},
+    )  # fmt: skip
+    path = save_pruned(tmp_path / "pruned.pt", prune(model, graph, plan), plan)
+    load_pruned(path)  # unedited, it loads
+    payload = torch.load(path, weights_only=True)
+    edited = edit(json.loads(payload["plan"]))  # type: ignore[operator]
+    payload["plan"] = json.dumps(edited)
+    if also_file_fields:  # the fields save_pruned writes beside the plan, edited the same way
+        payload["model_name"], payload["model_kwargs"] = edited["model_name"], json.dumps(edited["model_kwargs"])
+    torch.save(payload, tmp_path / "edited.pt")  # the weights are untouched: their digest still matches
+    capsys.readouterr()
+    with pytest.raises(CheckpointError, match=match):
+        load_pruned(tmp_path / "edited.pt")
+    assert "Traceback" not in capsys.readouterr().err  # no raw traceback from fx's shape propagation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 
 from hwdsa.errors import ConfigError
 
-_TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|us|s)\s*$")
+# A signed number with a unit: a negative or zero time must reach the "absolute time" check, not the fraction parser.
+_TIME = re.compile(r"^\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*(ms|us|s)\s*$")
+_TO_MS = {"ms": 1.0, "us": 1e-3, "s": 1e3}
 
 
 def parse_fraction(text: str, flag: str) -> float:
@@ -24,15 +27,31 @@ def parse_fraction(text: str, flag: str) -> float:
 
 
 def parse_latency(text: str) -> tuple[float | None, float | None]:
-    """`0.5` → (fraction 0.5, None); `2.5ms` / `800us` / `0.01s` → (None, milliseconds)."""
+    """`0.5` → (fraction 0.5, None); `2.5ms` / `800us` / `0.01s` → (None, milliseconds).
+
+    A number with a unit is an absolute time and is checked as one, so `-1ms` is refused as a time, never
+    as a malformed fraction; a number without one is a fraction of the dense network's latency.
+    """
     match = _TIME.match(text)
     if match:
         value, unit = float(match.group(1)), match.group(2)
-        ms = value * {"ms": 1.0, "us": 1e-3, "s": 1e3}[unit]
-        if ms <= 0:
-            raise ConfigError(f"--latency must be positive; got {text!r}")
+        ms = value * _TO_MS[unit]
+        if not (math.isfinite(ms) and ms > 0):
+            raise ConfigError(f"--latency: a latency budget in {unit} must be positive and finite (e.g. 2.5ms); got {text.strip()}")
         return None, ms
-    return parse_fraction(text, "--latency"), None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(
+            "--latency expects a fraction of the dense latency in (0, 1], e.g. 0.5, or a time with a unit "
+            f"(2.5ms, 800us, 0.01s); got {text!r}"
+        ) from None
+    try:
+        return parse_fraction(text, "--latency"), None
+    except ConfigError as exc:
+        if math.isfinite(value) and value > 1:  # likely a time without its unit
+            raise ConfigError(f"{exc}; an absolute time needs a unit, e.g. {text.strip()}ms") from None
+        raise
 
 
 def read_config_file(path: str | None) -> dict[str, Any]:

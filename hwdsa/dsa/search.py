@@ -121,7 +121,7 @@ class DsaSearch:
         self.config = config
         self.device = device
         self.allocator = RatioAllocator(graph.group_sizes, budgets, config.admm, device)
-        self.masker = ChannelMasks(self.inner, graph)
+        self.masker = ChannelMasks(self.inner, graph, placement=config.admm.mask_placement)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(config.seed)
         self.optimizer = make_optimizer(self.inner, config.train)
@@ -159,15 +159,21 @@ class DsaSearch:
         *,
         checkpoint: Path | None = None,
         resume: bool = False,
+        tag: str | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
     ) -> SearchResult:
-        """Train weights and ratios for `config.train.epochs` epochs, resuming from `checkpoint` if asked."""
+        """Train weights and ratios for `config.train.epochs` epochs, resuming from `checkpoint` if asked.
+
+        `tag` identifies the inputs this search runs on (the job's settings); it is saved with each
+        checkpoint, and a checkpoint with another tag is not resumed.
+        """
         cfg = self.config
         steps_per_epoch = batches_per_epoch(train_loader)
         scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch)
         if resume and checkpoint is not None and checkpoint.is_file():
             state = load_checkpoint(checkpoint)
-            if state.get("phase") == "search":  # a checkpoint of an earlier phase means the search never started
+            # A checkpoint of an earlier phase means the search never started; another tag, other settings.
+            if state.get("phase") == "search" and state.get("tag") == tag:
                 self.load_state_dict(state["search"])
                 self.start_epoch = int(state["epoch"])
                 scheduler.load_state_dict(state["scheduler"])
@@ -218,7 +224,7 @@ class DsaSearch:
                     if is_main_process():
                         save_checkpoint(
                             checkpoint,
-                            {"phase": "search", "epoch": epoch + 1, "search": self.state_dict(), "scheduler": scheduler.state_dict()},
+                            {"phase": "search", "tag": tag, "epoch": epoch + 1, "search": self.state_dict(), "scheduler": scheduler.state_dict()},
                         )
                     barrier()
                 if on_epoch is not None:

@@ -29,32 +29,54 @@ _log = logging.getLogger(__name__)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-# Modules and functions that keep every channel where it is and map a zero channel to zero
-# (or, for the gates, are only ever multiplied into channels of the same group).
+# Channel-wise operations: channel c of the output depends on channel c of the input only. The tracer
+# lets a group pass through every one of them, but a masked channel (zero at its mask site) stays zero
+# only through those that map 0 to 0. One rule decides both: an operation whose f(0) != 0 marks the
+# channels that pass through it "not zero when masked", and a layer that reads such channels freezes
+# their group, because removing them (surgery) would not compute what masking them did.
 _ACTIVATION_MODULES: dict[type[nn.Module], str] = {
     nn.ReLU: "relu",
     nn.ReLU6: "relu6",
     nn.Hardswish: "hardswish",
     nn.SiLU: "silu",
 }
-_PASSTHROUGH_MODULES: tuple[type[nn.Module], ...] = (
+_ZERO_PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
     *_ACTIVATION_MODULES,
     nn.LeakyReLU,
     nn.GELU,
     nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardsigmoid,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.Hardshrink,
+    nn.Softshrink,
     nn.Identity,
     nn.Dropout,
+    nn.Dropout1d,
     nn.Dropout2d,
+    nn.Dropout3d,
     nn.MaxPool1d,
     nn.MaxPool2d,
+    nn.MaxPool3d,
     nn.AvgPool1d,
     nn.AvgPool2d,
+    nn.AvgPool3d,
     nn.AdaptiveAvgPool1d,
     nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d,
 )
+_NONZERO_AT_ZERO_MODULES: tuple[type[nn.Module], ...] = (nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid)
+# Drop-path / stochastic depth (torchvision, timm) and DropBlock: the identity at inference, a per-sample
+# or per-block zeroing and rescaling in training; channel-wise and zero-preserving either way. Matched by
+# class name so that timm need not be installed; traced as leaves (their training branch reads shapes).
+_DROP_MODULE_NAMES = frozenset({"StochasticDepth", "DropPath", "DropBlock2d", "DropBlock3d"})
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu",
     torch.relu: "relu",
@@ -64,27 +86,36 @@ _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     "relu": "relu",
     "relu_": "relu",
 }
-_PASSTHROUGH_FUNCTIONS: set[Any] = {
+_ZERO_PRESERVING_FUNCTIONS: set[Any] = {
     *_ACTIVATION_FUNCTIONS,
     F.relu_,
     torch.relu_,
     F.leaky_relu,
     F.gelu,
-    F.hardsigmoid,
-    torch.sigmoid,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.mish,
+    F.hardtanh,
     torch.tanh,
     F.dropout,
+    F.dropout2d,
     F.adaptive_avg_pool2d,
     F.adaptive_max_pool2d,
     F.avg_pool2d,
     F.max_pool2d,
-    "sigmoid",
+    operator.neg,
+    torch.neg,
     "tanh",
+    "neg",
     "contiguous",
     "clone",
     "detach",
 }
-_ELEMENTWISE = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, "add", "add_", "mul", "mul_"}
+_NONZERO_AT_ZERO_FUNCTIONS: set[Any] = {torch.sigmoid, F.sigmoid, F.hardsigmoid, F.softplus, F.logsigmoid, torch.exp, torch.cos, "sigmoid", "exp", "cos"}
+_ADD = {operator.add, operator.iadd, torch.add, "add", "add_", operator.sub, operator.isub, torch.sub, "sub", "sub_"}
+_MUL = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_DIV = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 _FLATTEN = {torch.flatten, "flatten", "view", "reshape"}
 _REDUCE = {torch.mean, "mean", "sum", torch.sum, "amax"}
 _NON_TENSOR = {getattr, "size", "dim", "numel"}
@@ -96,10 +127,24 @@ class _Channels:
 
     segments: tuple[tuple[int, int], ...]  # (element, channels)
     per_channel: int = 1  # features per channel after flatten of C×H×W
+    # Per segment: None while a masked channel is still zero here, else the node that made it non-zero.
+    nonzero_by: tuple[str | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.nonzero_by:
+            object.__setattr__(self, "nonzero_by", (None,) * len(self.segments))
 
     @property
     def total(self) -> int:
         return sum(c for _, c in self.segments)
+
+    def made_nonzero(self, by: str) -> _Channels:
+        """These channels after an operation with f(0) != 0: masked channels are no longer zero."""
+        return _Channels(self.segments, self.per_channel, tuple(n or by for n in self.nonzero_by))
+
+    def zeroed(self) -> _Channels:
+        """These channels after a mask site (BatchNorm of a group): masked channels are zero again."""
+        return _Channels(self.segments, self.per_channel)
 
 
 class _UnionFind:
@@ -181,6 +226,18 @@ class _Tracer:
         assert v is not None
         return v
 
+    def _read_by_layer(self, node: torch.fx.Node, x: _Channels) -> None:
+        """A layer reads `x`: freeze the groups whose masked channels are not zero here (see the module rule)."""
+        for (element, _), by in zip(x.segments, x.nonzero_by):
+            if by is not None and not self.uf.frozen[self.uf.find(element)]:
+                _log.info(
+                    "channels read by %r are not prunable: %s maps a zero (masked) channel to a non-zero value, so "
+                    "removing the channel would change the output",
+                    node.name,
+                    by,
+                )
+                self.uf.freeze(element)
+
     def _count_call(self, node: torch.fx.Node, name: str) -> None:
         self.calls[name] = self.calls.get(name, 0) + 1
         if self.calls[name] > 1:
@@ -226,9 +283,11 @@ class _Tracer:
                 for e, _ in x.segments:
                     self.uf.freeze(e)
             self.norms.append((name, x.segments[0][0] if len(x.segments) == 1 else -1))
-            return x
-        if isinstance(mod, _PASSTHROUGH_MODULES):
+            return x.zeroed()  # every BatchNorm of a group is one of its mask sites
+        if isinstance(mod, _ZERO_PRESERVING_MODULES) or _is_drop_module(mod):
             return self._single_input(node)
+        if isinstance(mod, _NONZERO_AT_ZERO_MODULES):
+            return self._single_input(node).made_nonzero(f"{node.name} ({type(mod).__name__})")
         if isinstance(mod, nn.Flatten):
             return self._flatten(node, shape, int(mod.start_dim))
         raise self._fail(node, f"unsupported module type {type(mod).__name__}")
@@ -244,9 +303,11 @@ class _Tracer:
         groups = int(mod.groups)
         info: dict[str, Any] = {"kind": "conv", "module": mod, "input": x, "in_shape": in_shape, "out_shape": shape}
         if groups == 1:
+            self._read_by_layer(node, x)
             out = _Channels(((self.uf.new(mod.out_channels), mod.out_channels),))
         elif groups == mod.in_channels == mod.out_channels and len(x.segments) == 1:
-            out = x  # depthwise: output channel c is input channel c
+            # Depthwise: output channel c is input channel c, and the layer is a mask site of that group.
+            out = x.zeroed()
             info["depthwise"] = True
         else:
             # A grouped (non-depthwise) convolution ties channels across groups in ways one keep ratio per
@@ -264,6 +325,7 @@ class _Tracer:
             raise self._fail(node, "linear layers are supported on (batch, features) inputs only")
         if x.total * x.per_channel != mod.in_features:
             raise self._fail(node, f"expected {mod.in_features} input features, traced {x.total * x.per_channel}")
+        self._read_by_layer(node, x)
         out = _Channels(((self.uf.new(mod.out_features), mod.out_features),))
         self.layers.append((node, {"kind": "linear", "module": mod, "input": x, "output": out}))
         return out
@@ -279,17 +341,23 @@ class _Tracer:
         spatial = 1
         for s in in_shape[2:]:
             spatial *= s
-        return _Channels(x.segments, x.per_channel * spatial)
+        return _Channels(x.segments, x.per_channel * spatial, x.nonzero_by)
 
     def _visit_function(self, node: torch.fx.Node, shape: tuple[int, ...] | None) -> _Channels | None:
         target = node.target
         inputs = self._tensor_args(node)
         if target in _NON_TENSOR or (not inputs and shape is None):
             return None
-        if target in _PASSTHROUGH_FUNCTIONS:
+        if target in _ZERO_PRESERVING_FUNCTIONS:
             return self._single_input(node)
-        if target in _ELEMENTWISE:
-            return self._elementwise(node, inputs)
+        if target in _NONZERO_AT_ZERO_FUNCTIONS:
+            return self._single_input(node).made_nonzero(f"{node.name} ({_target_name(node)})")
+        if target in _ADD:
+            return self._add(node, inputs)
+        if target in _MUL:
+            return self._mul(node, inputs)
+        if target in _DIV:
+            return self._div(node, inputs)
         if target in (torch.cat, "cat"):
             return self._cat(node, shape)
         if target in _FLATTEN:
@@ -308,19 +376,60 @@ class _Tracer:
             return None
         raise self._fail(node, "unsupported operation on a feature map")
 
-    def _elementwise(self, node: torch.fx.Node, inputs: list[_Channels]) -> _Channels:
-        if len(inputs) == 1:
-            return inputs[0]  # x + scalar
-        a, b = inputs[0], inputs[1]
-        if a.total == 1 and b.total != 1:  # broadcasting a single-channel map (e.g. spatial attention)
-            return b
-        if b.total == 1 and a.total != 1:
-            return a
+    def _couple(self, node: torch.fx.Node, a: _Channels, b: _Channels) -> None:
+        """Two operands of an element-wise operation: their channels are the same channels."""
         if a.per_channel != b.per_channel or [c for _, c in a.segments] != [c for _, c in b.segments]:
             raise self._fail(node, f"operands have different channel layouts ({a.total} vs {b.total} channels)")
         for (ea, _), (eb, _) in zip(a.segments, b.segments):
             self.uf.union(ea, eb, f"node {node.name!r}")
-        return a
+
+    @staticmethod
+    def _broadcast(a: _Channels, b: _Channels) -> tuple[_Channels, _Channels] | None:
+        """(feature map, single-channel map) when one operand broadcasts over the other's channels."""
+        if a.total == 1 and b.total != 1:
+            return b, a
+        if b.total == 1 and a.total != 1:
+            return a, b
+        return None
+
+    def _add(self, node: torch.fx.Node, inputs: list[_Channels]) -> _Channels:
+        """x ± y couples x and y; x ± c and x ± (one-channel map) keep masked channels zero only if c is 0."""
+        if len(inputs) == 1:
+            constants = [a for a in node.args if not isinstance(a, torch.fx.Node)]
+            if all(isinstance(c, (int, float)) and c == 0 for c in constants):
+                return inputs[0]
+            return inputs[0].made_nonzero(f"{node.name} ({_target_name(node)} of a constant)")
+        a, b = inputs[0], inputs[1]
+        pair = self._broadcast(a, b)
+        if pair is not None:
+            return pair[0].made_nonzero(f"{node.name} ({_target_name(node)} of a one-channel map)")
+        self._couple(node, a, b)
+        return _Channels(a.segments, a.per_channel, tuple(x or y for x, y in zip(a.nonzero_by, b.nonzero_by)))
+
+    def _mul(self, node: torch.fx.Node, inputs: list[_Channels]) -> _Channels:
+        """x · y couples x and y (gating); a product is zero where either factor is."""
+        if len(inputs) == 1:
+            return inputs[0]  # x · c
+        a, b = inputs[0], inputs[1]
+        pair = self._broadcast(a, b)
+        if pair is not None:
+            return pair[0]  # spatial gating by a one-channel map
+        self._couple(node, a, b)
+        return _Channels(a.segments, a.per_channel, tuple(x if x and y else None for x, y in zip(a.nonzero_by, b.nonzero_by)))
+
+    def _div(self, node: torch.fx.Node, inputs: list[_Channels]) -> _Channels:
+        """x / c and x / (one-channel map) keep masked channels zero; dividing by a feature map is refused."""
+        first = node.args[0] if node.args else None
+        if not isinstance(first, torch.fx.Node) or self.values.get(first) is None:
+            raise self._fail(node, "division by a feature map (a masked channel would divide by zero)")
+        numerator = self.values[first]
+        assert numerator is not None
+        if len(inputs) == 1:
+            return numerator
+        pair = self._broadcast(inputs[0], inputs[1])
+        if pair is None or pair[0] is not numerator:
+            raise self._fail(node, "division by a feature map (a masked channel would divide by zero)")
+        return numerator
 
     def _cat(self, node: torch.fx.Node, shape: tuple[int, ...] | None) -> _Channels:
         tensors = node.args[0]
@@ -330,6 +439,7 @@ class _Tracer:
         if not isinstance(tensors, (list, tuple)):
             raise self._fail(node, "expected a list of tensors")
         parts: list[tuple[int, int]] = []
+        nonzero_by: list[str | None] = []
         per_channel = None
         for t in tensors:
             v = self.values.get(t) if isinstance(t, torch.fx.Node) else None
@@ -339,7 +449,8 @@ class _Tracer:
                 raise self._fail(node, "concatenating flattened tensors of different spatial sizes")
             per_channel = v.per_channel
             parts.extend(v.segments)
-        return _Channels(tuple(parts), per_channel or 1)
+            nonzero_by.extend(v.nonzero_by)
+        return _Channels(tuple(parts), per_channel or 1, tuple(nonzero_by))
 
 
 def _activation_after(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tuple[str | None, str]:
@@ -362,6 +473,17 @@ def _activation_after(node: torch.fx.Node, modules: dict[str, nn.Module]) -> tup
     return bn, "none"
 
 
+def _is_drop_module(module: nn.Module) -> bool:
+    return any(cls.__name__ in _DROP_MODULE_NAMES for cls in type(module).__mro__)
+
+
+class _LeafTracer(torch.fx.Tracer):
+    """fx's tracer, with drop-path modules kept whole (their training branch reads the input's shape)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_drop_module(m) or super().is_leaf_module(m, module_qualified_name)
+
+
 def _as_batched(input_shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in input_shape)
     if len(shape) == 3:
@@ -376,7 +498,10 @@ def symbolic_trace(model: nn.Module) -> torch.fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TracingError(f"expected a torch.nn.Module, got {type(model).__name__}")
     try:
-        return torch.fx.symbolic_trace(model)
+        tracer = _LeafTracer()
+        graph = tracer.trace(model)
+        name = model.__class__.__name__
+        return torch.fx.GraphModule(tracer.root, graph, name)
     except Exception as exc:  # fx raises many kinds (TraceError, TypeError, NotImplementedError, ...)
         raise TracingError(
             f"torch.fx cannot trace {type(model).__name__}: {type(exc).__name__}: {exc}. "

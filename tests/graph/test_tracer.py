@@ -174,3 +174,130 @@ def test_tracing_leaves_model_mode_and_stats_unchanged() -> None:
     trace_channel_graph(model, (3, 32, 32))
     assert model.training
     torch.testing.assert_close(model.bn1.running_mean, before)
+
+
+# -- one rule for channel-wise operations: a group passes through only where a masked channel stays zero --
+
+_CHANNELWISE_OPS: dict[str, object] = {
+    "ReLU": nn.ReLU(),
+    "ReLU6": nn.ReLU6(),
+    "LeakyReLU": nn.LeakyReLU(0.1),
+    "GELU": nn.GELU(),
+    "SiLU": nn.SiLU(),
+    "Hardswish": nn.Hardswish(),
+    "Tanh": nn.Tanh(),
+    "ELU": nn.ELU(),
+    "SELU": nn.SELU(),
+    "Mish": nn.Mish(),
+    "Sigmoid": nn.Sigmoid(),
+    "Hardsigmoid": nn.Hardsigmoid(),
+    "Softplus": nn.Softplus(),
+    "torch.sigmoid": torch.sigmoid,
+    "exp": torch.exp,
+    "x + 0.5": lambda x: x + 0.5,
+    "x - 0.5": lambda x: x - 0.5,
+    "0.5 - x": lambda x: 0.5 - x,
+    "x + 0": lambda x: x + 0,
+    "x * 3": lambda x: x * 3,
+    "x / 2": lambda x: x / 2,
+    "-x": lambda x: -x,
+    "StochasticDepth": torchvision.ops.StochasticDepth(0.2, "row"),
+    "Dropout2d": nn.Dropout2d(0.1),
+    "MaxPool": nn.MaxPool2d(3, 1, 1),
+    "AvgPool": nn.AvgPool2d(3, 1, 1),
+}
+
+
+class _ThroughOp(nn.Module):
+    """conv → BN → op → conv → BN → ReLU → pool → linear: group 0 passes through `op` into conv2."""
+
+    def __init__(self, op: object) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.op = op if isinstance(op, nn.Module) else _Lambda(op)  # type: ignore[arg-type]
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.op(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _Lambda(nn.Module):
+    """A function as fx sees it inline (the forward is traced through, not kept as a leaf)."""
+
+    def __init__(self, fn: object) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)  # type: ignore[operator, no-any-return]
+
+
+@pytest.mark.parametrize("name", sorted(_CHANNELWISE_OPS))
+def test_channelwise_op_passes_group_iff_it_maps_zero_to_zero(name: str) -> None:
+    from hwdsa.importance import group_importance
+    from hwdsa.masking import ChannelMasks
+    from hwdsa.surgery import plan_from_keep_ratios, prune
+
+    torch.manual_seed(0)
+    model = _ThroughOp(_CHANNELWISE_OPS[name])
+    for bn in (model.bn1, model.bn2):  # BatchNorm of a zero channel is not zero
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    model.eval()
+    maps_zero_to_zero = bool(model.op(torch.zeros(1, 8, 4, 4)).abs().max() == 0)
+    graph = trace_channel_graph(model, (3, 8, 8))
+    first_group_prunable = any("conv1" in g.producers for g in graph.groups)
+    assert first_group_prunable == maps_zero_to_zero
+    plan = plan_from_keep_ratios(graph, group_importance(model, graph), [0.5] * len(graph.groups))
+    x = torch.randn(4, 3, 8, 8)
+    with ChannelMasks(model, graph) as masks, torch.no_grad():
+        masks.set_masks(plan.to_masks())
+        masked = model(x)
+    with torch.no_grad():
+        pruned = prune(model, graph, plan)(x)
+    torch.testing.assert_close(masked, pruned, atol=1e-5, rtol=1e-4)
+
+
+class _SqueezeExcite(nn.Module):
+    """x · sigmoid(fc(pool(x))): the gate is non-zero for a masked channel, the product is zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        gate = torch.sigmoid(self.fc2(torch.relu(self.fc1(nn.functional.adaptive_avg_pool2d(x, 1)))))
+        return self.head(x * gate)
+
+
+def test_gating_by_a_sigmoid_keeps_the_group_prunable() -> None:
+    graph = trace_channel_graph(_SqueezeExcite(), (3, 8, 8))
+    gated = next(g for g in graph.groups if "conv" in g.producers)
+    assert set(gated.producers) == {"conv", "fc2"}
+
+
+def test_division_by_a_feature_map_is_refused() -> None:
+    class _Divide(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.a(x) / self.b(x)
+
+    with pytest.raises(TracingError, match="division by a feature map"):
+        trace_channel_graph(_Divide(), (3, 8, 8))
+
+
+def test_torchvision_stochastic_depth_is_traced_through() -> None:
+    # torchvision's EfficientNet uses StochasticDepth in every MBConv block.
+    model = torchvision.models.efficientnet_b0(weights=None)
+    graph = trace_channel_graph(model, (3, 64, 64))
+    assert len(graph.groups) > 10

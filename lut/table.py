@@ -1,24 +1,20 @@
 """LatencyTable: measured per-layer latencies of one device/backend/precision/batch, validated on read.
 
-The file format is shared with the stdlib writer of the edge agent (`hwdsa.profilers.tablefile`):
-one CSV file whose first line is ``# hwdsa-latency-table `` followed by one line of JSON metadata,
-then a CSV header with the columns `SPEC_COLUMNS + MEASUREMENT_COLUMNS`, then `rows` data rows.
-A table is refused (`TableError`) rather than half-trusted: a truncated file, a NaN, a non-positive
-median or a duplicate key would otherwise turn into a silently wrong latency budget.
+The file format and its rules belong to `hwdsa.profilers.tablefile` (standard library only, so the edge
+agent reads and writes it without pandas); this module adds a pandas frame on top of what that reader
+returns. A table is refused (`TableError`) rather than half-trusted: a truncated file, a NaN, a
+non-positive median or a duplicate key would otherwise turn into a silently wrong latency budget.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import json
 import logging
 import os
 import platform
 import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -28,47 +24,31 @@ import pandas as pd
 
 from hwdsa._io import atomic_write
 from hwdsa.errors import TableError
-from hwdsa.profilers.base import (
-    ACTIVATIONS,
-    LAYER_KINDS,
-    MEASUREMENT_COLUMNS,
-    PRECISIONS,
-    SPEC_COLUMNS,
-    LayerSpec,
-    Measurement,
+from hwdsa.profilers.base import MEASUREMENT_COLUMNS, SPEC_COLUMNS, LayerSpec, Measurement
+from hwdsa.profilers.tablefile import (
+    BOOL_COLUMNS,
+    COLUMNS,
+    FLOAT_COLUMNS,
+    INT_COLUMNS,
+    MAGIC,
+    REQUIRED_META,
+    SCHEMA_VERSION,
+    STR_COLUMNS,
+    check_conditions,
+    check_header,
+    check_schema_version,
+    header_line,
+    now_iso,
+    parse_body,
+    read_header,
+    validate_columns,
 )
 
 _log = logging.getLogger(__name__)
 
-MAGIC = "# hwdsa-latency-table "
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
-COLUMNS: tuple[str, ...] = (*SPEC_COLUMNS, *MEASUREMENT_COLUMNS)
-
-_INT_COLUMNS = (
-    "in_channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "pad_h", "pad_w",
-    "groups", "in_h", "in_w", "batch_size", "repeats", "attempts",
-)  # fmt: skip
-_FLOAT_COLUMNS = ("median_ms", "q1_ms", "q3_ms", "min_ms", "load_avg")
-_STR_COLUMNS = ("kind", "activation", "precision")
-_BOOL_COLUMNS = ("noisy",)
-# os.getloadavg() is unavailable on some platforms: the profiler then records NaN, which is not an error.
-_NAN_ALLOWED = ("load_avg",)
-_POSITIVE_COLUMNS = (
-    "in_channels", "out_channels", "kernel_h", "kernel_w", "stride_h", "stride_w", "groups", "in_h", "in_w",
-    "batch_size", "repeats", "attempts",
-)  # fmt: skip
-_REQUIRED_META = ("schema_version", "device", "backend", "precision", "batch_size", "rows")
-_KNOWN_META = (*_REQUIRED_META, "versions", "host", "created_at", "protocol", "calibration")
-# Relative slack for q1 <= median <= q3: the quartiles come from the same float samples, so only a
-# decimal round trip could break the order, by an ulp or two.
-_ORDER_RTOL = 1e-9
+_KNOWN_META = (*REQUIRED_META, "versions", "host", "created_at", "protocol", "calibration")
 
 OnDuplicate = Literal["error", "keep_first", "keep_last", "keep_quietest"]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -93,19 +73,9 @@ class TableMeta:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        if not isinstance(self.device, str) or not self.device:
-            raise TableError(f"table metadata: 'device' must be a non-empty string; got {self.device!r}")
-        if not isinstance(self.backend, str) or not self.backend:
-            raise TableError(f"table metadata: 'backend' must be a non-empty string; got {self.backend!r}")
-        if self.precision not in PRECISIONS:
-            raise TableError(f"table metadata: 'precision' must be one of {PRECISIONS}; got {self.precision!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise TableError(f"table metadata: 'batch_size' must be a positive integer; got {self.batch_size!r}")
-        if self.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
-            raise TableError(
-                f"table schema_version {self.schema_version!r} is not supported by this hwdsa "
-                f"(supported: {SUPPORTED_SCHEMA_VERSIONS}); upgrade hwdsa or re-profile the table"
-            )
+        check_schema_version(self.schema_version, "table metadata")
+        conditions = {k: getattr(self, k) for k in ("device", "backend", "precision", "batch_size")}
+        check_conditions(conditions, "table metadata")
         for name in ("versions", "protocol", "calibration", "extra"):
             value = getattr(self, name)
             if not isinstance(value, Mapping):
@@ -136,16 +106,8 @@ class TableMeta:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> TableMeta:
-        """Parse the header object; `rows` is checked by `LatencyTable.read`, not stored."""
-        missing = [k for k in _REQUIRED_META if k not in obj]
-        if missing:
-            raise TableError(
-                f"table metadata lacks {', '.join(map(repr, missing))}; a table header needs "
-                f"{', '.join(_REQUIRED_META)} (re-profile, or fix the first line of the file)"
-            )
-        version = obj["schema_version"]
-        if isinstance(version, bool) or not isinstance(version, int):
-            raise TableError(f"table metadata: 'schema_version' must be an integer; got {version!r}")
+        """Parse a header object, checked by `hwdsa.profilers.tablefile.check_header`; `rows` is not stored."""
+        check_header(obj, "table metadata")
         return cls(
             device=obj["device"],
             backend=obj["backend"],
@@ -157,7 +119,7 @@ class TableMeta:
             protocol=obj.get("protocol") or {},
             calibration=obj.get("calibration") or {},
             extra={k: v for k, v in obj.items() if k not in _KNOWN_META},
-            schema_version=version,
+            schema_version=obj["schema_version"],
         )
 
     @property
@@ -187,129 +149,15 @@ def _empty_frame() -> pd.DataFrame:
 def _normalise(frame: pd.DataFrame) -> pd.DataFrame:
     """Canonical column order and dtypes, so a table built in memory equals the same table read back."""
     out = frame.loc[:, list(COLUMNS) + [c for c in frame.columns if c not in COLUMNS]].copy()
-    for c in _INT_COLUMNS:
+    for c in INT_COLUMNS:
         out[c] = out[c].astype("int64")
-    for c in _FLOAT_COLUMNS:
+    for c in FLOAT_COLUMNS:
         out[c] = out[c].astype("float64")
-    for c in _STR_COLUMNS:
+    for c in STR_COLUMNS:
         out[c] = out[c].astype(object)
-    for c in _BOOL_COLUMNS:
+    for c in BOOL_COLUMNS:
         out[c] = out[c].astype(bool)
     return out.reset_index(drop=True)
-
-
-def _rows_text(mask: pd.Series | np.ndarray, limit: int = 5) -> str:
-    """File line numbers (header = line 2, first row = line 3) of the rows where `mask` holds."""
-    idx = np.flatnonzero(np.asarray(mask))
-    shown = ", ".join(str(i + 3) for i in idx[:limit])
-    return f"line {shown}" + (f" and {len(idx) - limit} more" if len(idx) > limit else "")
-
-
-def _parse_columns(raw: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Convert string columns read from CSV to their dtypes, naming the first bad cell."""
-    out = raw.copy()
-    for c in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
-        values = pd.to_numeric(raw[c], errors="coerce")
-        blank = raw[c].isna() | raw[c].astype(str).str.strip().str.lower().isin(["", "nan"])
-        if c not in _NAN_ALLOWED and blank.any():
-            raise TableError(
-                f"{source}: column {c!r} is empty or NaN at {_rows_text(blank)}; the table is incomplete "
-                "(an interrupted profile?): re-profile those entries"
-            )
-        bad = values.isna() & ~blank
-        if bad.any():
-            first = int(np.flatnonzero(bad.to_numpy())[0])
-            raise TableError(
-                f"{source}: column {c!r} must be numeric; got {raw[c].iloc[first]!r} at {_rows_text(bad)}"
-            )
-        if c in _INT_COLUMNS:
-            frac = values.notna() & (values != np.round(values))
-            if frac.any():
-                first = int(np.flatnonzero(frac.to_numpy())[0])
-                raise TableError(
-                    f"{source}: column {c!r} must hold integers; got {raw[c].iloc[first]!r} at {_rows_text(frac)}"
-                )
-        out[c] = values
-    for c in _BOOL_COLUMNS:
-        text = raw[c].astype(str).str.strip().str.lower()
-        truth = text.isin(["true", "1"])
-        bad = ~(truth | text.isin(["false", "0"]))
-        if bad.any():
-            first = int(np.flatnonzero(bad.to_numpy())[0])
-            raise TableError(
-                f"{source}: column {c!r} must be True or False; got {raw[c].iloc[first]!r} at {_rows_text(bad)}"
-            )
-        out[c] = truth
-    for c in _STR_COLUMNS:
-        out[c] = raw[c].astype(object)
-    return out
-
-
-def _validate_frame(frame: pd.DataFrame, meta: TableMeta, source: str) -> None:
-    """Value checks shared by `read` and the constructor: every refusal says which lines and why."""
-    missing = [c for c in COLUMNS if c not in frame.columns]
-    if missing:
-        raise TableError(
-            f"{source}: missing column(s) {', '.join(missing)}; a latency table needs the columns "
-            f"{', '.join(COLUMNS)} (written by `hwdsa profile`)"
-        )
-    for c in _STR_COLUMNS:
-        if frame[c].isna().any():
-            raise TableError(f"{source}: column {c!r} is empty at {_rows_text(frame[c].isna())}")
-    for c, allowed in (("kind", LAYER_KINDS), ("activation", ACTIVATIONS), ("precision", PRECISIONS)):
-        bad = ~frame[c].isin(allowed)
-        if bad.any():
-            first = frame[c][bad].iloc[0]
-            raise TableError(f"{source}: column {c!r} must be one of {allowed}; got {first!r} at {_rows_text(bad)}")
-    for c in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
-        if c in _NAN_ALLOWED:
-            continue
-        nan = frame[c].isna() | ~np.isfinite(frame[c].to_numpy(dtype=float))
-        if nan.any():
-            raise TableError(
-                f"{source}: column {c!r} holds NaN or infinity at {_rows_text(nan)}; "
-                "re-profile those entries (a failed measurement must not enter a budget)"
-            )
-    for c in _POSITIVE_COLUMNS:
-        bad = frame[c] < 1
-        if bad.any():
-            raise TableError(f"{source}: column {c!r} must be >= 1; got {frame[c][bad].iloc[0]} at {_rows_text(bad)}")
-    for c in ("pad_h", "pad_w"):
-        bad = frame[c] < 0
-        if bad.any():
-            raise TableError(f"{source}: column {c!r} must be >= 0; got {frame[c][bad].iloc[0]} at {_rows_text(bad)}")
-    bad = (frame["in_channels"] % frame["groups"] != 0) | (frame["out_channels"] % frame["groups"] != 0)
-    if bad.any():
-        raise TableError(f"{source}: 'groups' must divide in_channels and out_channels at {_rows_text(bad)}")
-    for c in ("median_ms", "q1_ms", "q3_ms", "min_ms"):
-        bad = frame[c] <= 0
-        if bad.any():
-            raise TableError(
-                f"{source}: latency column {c!r} must be positive (ms); got {frame[c][bad].iloc[0]} at "
-                f"{_rows_text(bad)}; re-profile those entries"
-            )
-    med, q1, q3 = frame["median_ms"], frame["q1_ms"], frame["q3_ms"]
-    bad = (q1 > med * (1 + _ORDER_RTOL)) | (med > q3 * (1 + _ORDER_RTOL))
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TableError(
-            f"{source}: quartiles out of order (need q1_ms <= median_ms <= q3_ms); got "
-            f"{q1.iloc[i]} / {med.iloc[i]} / {q3.iloc[i]} at {_rows_text(bad)}"
-        )
-    for c, want in (("precision", meta.precision), ("batch_size", meta.batch_size)):
-        bad = frame[c] != want
-        if bad.any():
-            raise TableError(
-                f"{source}: column {c!r} must equal the header's {c} {want!r} in every row; got "
-                f"{frame[c][bad].iloc[0]!r} at {_rows_text(bad)} (one table holds one precision and batch size: "
-                "split the file)"
-            )
-    dup = frame.duplicated(subset=list(SPEC_COLUMNS), keep=False)
-    if dup.any():
-        raise TableError(
-            f"{source}: duplicate layer specs at {_rows_text(dup)}; each spec must appear once "
-            "(merge re-measurements with `LatencyTable.concat(..., on_duplicate=...)`)"
-        )
 
 
 class LatencyTable:
@@ -321,7 +169,13 @@ class LatencyTable:
     """
 
     def __init__(self, frame: pd.DataFrame, meta: TableMeta, *, source: str = "latency table") -> None:
-        _validate_frame(frame, meta, source)
+        # the file's rules, applied to a frame built in memory (tolist: Python scalars, NaN as float)
+        columns = {str(c): frame[c].tolist() for c in frame.columns}
+        validate_columns(columns, source, precision=meta.precision, batch_size=meta.batch_size)
+        self._set(frame, meta)
+
+    def _set(self, frame: pd.DataFrame, meta: TableMeta) -> None:
+        """Adopt rows already validated (by the constructor, or by `parse_body` in `read`)."""
         self.frame = _normalise(frame)
         self.meta = meta
         self._index: dict[tuple[Any, ...], int] | None = None
@@ -350,7 +204,7 @@ class LatencyTable:
             batch_size=batch_size,
             versions=versions or {"python": platform.python_version()},
             host=socket.gethostname() if host is None else host,
-            created_at=_now(),
+            created_at=now_iso(),
             protocol=protocol or {},
         )
         return cls(frame, meta)
@@ -371,53 +225,14 @@ class LatencyTable:
             TableError: the file is missing, malformed, truncated, holds an invalid value, or was
                 measured on another device/backend/precision/batch size than an `expect_*` names.
         """
-        p = Path(path)
-        source = str(p)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise TableError(f"no latency table at {source}; profile one with `hwdsa profile`") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TableError(f"cannot read latency table {source}: {exc}") from exc
-        first, sep, body = text.partition("\n")
-        if not first.startswith(MAGIC):
-            raise TableError(
-                f"{source}: not an hwdsa latency table: its first line must start with {MAGIC.strip()!r}; "
-                f"got {first[:60]!r}"
-            )
-        try:
-            obj = json.loads(first[len(MAGIC) :])
-        except json.JSONDecodeError as exc:
-            raise TableError(f"{source}: the metadata on line 1 is not valid JSON ({exc.msg} at column {exc.colno + len(MAGIC)})") from None
-        if not isinstance(obj, dict):
-            raise TableError(f"{source}: the metadata on line 1 must be a JSON object; got {type(obj).__name__}")
+        source = str(Path(path))
+        obj, body = read_header(path)
         meta = TableMeta.from_json(obj)
-        rows = obj["rows"]
-        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
-            raise TableError(f"{source}: metadata 'rows' must be a non-negative integer; got {rows!r}")
         cls._check_expectations(meta, source, expect_device, expect_backend, expect_precision, expect_batch_size)
-        if not body.strip():
-            raise TableError(f"{source}: the CSV header (line 2) is missing; the file is truncated: re-profile")
-        try:
-            raw = pd.read_csv(
-                io.StringIO(body), dtype=str, keep_default_na=False, na_values=[], skip_blank_lines=True
-            )
-        except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise TableError(f"{source}: malformed CSV ({exc}); the file is corrupted: re-profile") from None
-        missing = [c for c in COLUMNS if c not in raw.columns]
-        if missing:
-            raise TableError(
-                f"{source}: missing column(s) {', '.join(missing)} in the CSV header; a latency table needs "
-                f"{', '.join(COLUMNS)}"
-            )
-        if len(raw) != rows:
-            raise TableError(
-                f"{source}: the header says {rows} rows but the file holds {len(raw)}; the file is truncated "
-                "or was edited: re-profile (resume keeps the rows already measured)"
-            )
-        raw = raw.replace("", np.nan) if len(raw) else raw
-        frame = _parse_columns(raw, source)
-        return cls(frame, meta, source=source)
+        columns = parse_body(body, obj, source)  # already validated: do not check every row twice
+        table = cls.__new__(cls)
+        table._set(pd.DataFrame(columns), meta)
+        return table
 
     @staticmethod
     def _check_expectations(
@@ -445,7 +260,7 @@ class LatencyTable:
         """Write the table atomically: a reader never sees a half-written file."""
 
         def _write(handle: IO[Any]) -> None:
-            handle.write(MAGIC + json.dumps(self.meta.to_json(len(self.frame)), sort_keys=False) + "\n")
+            handle.write(header_line(self.meta.to_json(len(self.frame))))
             self.frame.to_csv(handle, index=False, lineterminator="\n")
 
         return atomic_write(path, _write)
@@ -573,7 +388,7 @@ class LatencyTable:
         merged = merged.drop(columns="_order")
         if any(t.meta.calibration for t in tables):
             _log.info("merged table drops its calibrations: refit them on the merged rows")
-        meta = replace(head, created_at=_now(), calibration={})
+        meta = replace(head, created_at=now_iso(), calibration={})
         return cls(merged, meta)
 
     def merge(self, other: LatencyTable, *, on_duplicate: OnDuplicate = "error") -> LatencyTable:

@@ -379,6 +379,34 @@ def test_reads_what_the_edge_agent_writes(tmp_path: Path) -> None:
     assert [back.lookup(s) for s, _ in items] == [m.median_ms for _, m in items]
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda ls: ls.__setitem__(0, "kind,in_channels\n"),
+        lambda ls: _set_meta(ls, schema_version=2),
+        lambda ls: _set_meta(ls, schema_version=True),
+        lambda ls: _set_meta(ls, rows="4"),
+        lambda ls: ls.pop(),
+        lambda ls: ls.__setitem__(-1, ls[-1][:25]),
+        lambda ls: _set_cell(ls, 0, "in_channels", "sixteen"),
+        lambda ls: _set_cell(ls, 2, "median_ms", "-0.5"),
+        lambda ls: _set_cell(ls, 0, "q1_ms", "99.0"),
+        lambda ls: _set_cell(ls, 1, "precision", "fp16"),
+        lambda ls: ls.__setitem__(3, ls[2]),
+    ],
+)
+def test_both_readers_refuse_alike(tmp_path: Path, edit: object) -> None:
+    """One owner of the format: the stdlib reader of the board and this one refuse with the same message."""
+    from hwdsa.profilers.tablefile import read_table
+
+    path = _write_variant(tmp_path, edit)
+    with pytest.raises(TableError) as ours:
+        LatencyTable.read(path)
+    with pytest.raises(TableError) as board:
+        read_table(path)
+    assert str(ours.value) == str(board.value)
+
+
 def test_reading_a_table_needs_neither_torch_nor_sklearn() -> None:
     """Tables are handled where only pandas is installed (merging results from an edge board)."""
     import subprocess

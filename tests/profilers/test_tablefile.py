@@ -112,6 +112,28 @@ class TestTableFile:
         with pytest.raises(TableError, match=match):
             read_table(path)
 
+    def test_newer_schema_version_says_what_to_do(self, tmp_path: Path) -> None:
+        path = write_table(tmp_path / "t.csv", _items(), _meta())
+        text = path.read_text(encoding="utf-8")
+        # a newer format may also have renamed keys: its version is refused first, with the remedy
+        path.write_text(text.replace('"schema_version": 1', '"schema_version": 2').replace('"device"', '"board"'), encoding="utf-8")
+        with pytest.raises(TableError, match="schema_version 2 is not supported by hwdsa .*newer hwdsa wrote it: upgrade hwdsa"):
+            read_table(path)
+        path.write_text(text.replace('"schema_version": 1', '"schema_version": 1.0'), encoding="utf-8")
+        with pytest.raises(TableError, match="'schema_version' must be an integer; got 1.0"):
+            read_table(path)
+
+    def test_value_rules_name_the_line(self, tmp_path: Path) -> None:
+        path = write_table(tmp_path / "t.csv", _items(), _meta())
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        cells = lines[3].split(",")
+        q1 = [*SPEC_COLUMNS, *MEASUREMENT_COLUMNS].index("q1_ms")
+        cells[q1] = "99.0"  # above its median
+        lines[3] = ",".join(cells)
+        path.write_text("".join(lines), encoding="utf-8")
+        with pytest.raises(TableError, match="quartiles out of order .* at line 4$"):
+            read_table(path)
+
     def test_non_positive_median_is_refused(self, tmp_path: Path) -> None:
         path = write_table(tmp_path / "t.csv", [(conv(4, 8), _m(0.5))], _meta())
         path.write_text(path.read_text(encoding="utf-8").replace(",0.5,", ",0.0,"), encoding="utf-8")
@@ -121,6 +143,16 @@ class TestTableFile:
     def test_missing_file(self, tmp_path: Path) -> None:
         with pytest.raises(TableError, match="no latency table at"):
             read_table(tmp_path / "nope.csv")
+
+
+def _full_log(tmp_path: Path) -> tuple[PartialLog, list[str]]:
+    """A partial log holding every item, and its lines."""
+    log = PartialLog(tmp_path / "t.csv.partial", _meta())
+    log.open()
+    for item in _items():
+        log.append(*item)
+    log.close()
+    return log, log.path.read_text(encoding="utf-8").splitlines(keepends=True)
 
 
 class TestPartialLog:
@@ -169,15 +201,17 @@ class TestPartialLog:
             other.load()
 
     def test_corrupted_middle_line_is_refused(self, tmp_path: Path) -> None:
-        log = PartialLog(tmp_path / "t.csv.partial", _meta())
-        log.open()
-        for item in _items():
-            log.append(*item)
-        log.close()
-        lines = log.path.read_text(encoding="utf-8").splitlines(keepends=True)
+        log, lines = _full_log(tmp_path)
         lines[2] = "garbage\n"
         log.path.write_text("".join(lines), encoding="utf-8")
         with pytest.raises(TableError, match="line 3: corrupted entry"):
+            log.load()
+
+    def test_bad_value_in_a_middle_line_is_refused(self, tmp_path: Path) -> None:
+        log, lines = _full_log(tmp_path)
+        lines[1] = lines[1].replace('"median_ms": ', '"median_ms": -')  # the table's rules apply to each line
+        log.path.write_text("".join(lines), encoding="utf-8")
+        with pytest.raises(TableError, match="line 2: corrupted entry .*'median_ms' must be positive"):
             log.load()
 
     def test_not_a_partial_file(self, tmp_path: Path) -> None:

@@ -1,8 +1,16 @@
-"""Channel masks applied during the search: forward hooks that multiply each group's mask sites by its mask.
+"""Channel masks applied during the search: hooks that multiply a group's channels by the group's mask.
 
-A mask zeroes a channel at every mask site of its group (the BatchNorm outputs, before the activation),
-so a masked channel contributes nothing downstream; that is exactly the network `hwdsa.surgery.prune`
-builds by removing the channel (design note, sections 3 and 6).
+Two placements compute the same forward pass for masks in {0, 1}, the network `hwdsa.surgery.prune`
+builds by removing the masked channels (design note, sections 3 and 6):
+
+- "before_activation" (the authors'): at every mask site of the group (its BatchNorm outputs), so the
+  activation sees a zero. Where a ReLU follows, a dropped channel's slope ∂L/∂m is zero (ReLU'(0) = 0):
+  the ratio step learns nothing about adding it back.
+- "after_activation": where the channels are read, on the input of every layer that consumes the group
+  (after the activation, any pooling, and a residual sum), by forward pre-hooks on those layers. A
+  masked channel reaches no layer, as before, and its slope is the first-order effect of adding the
+  activated channel back to every layer that reads it. Consumer layers are never shared (the tracer
+  refuses that), so a hook on a layer is exact where a hook on a shared activation module would not be.
 """
 
 from __future__ import annotations
@@ -10,20 +18,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from hwdsa.errors import KeepRatioError, TracingError
-from hwdsa.graph.structure import ChannelGraph
+from hwdsa.errors import ConfigError, KeepRatioError, TracingError
+from hwdsa.graph.structure import ChannelGraph, LayerNode
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["ChannelMasks", "has_mask_hooks"]
+__all__ = ["MASK_PLACEMENTS", "ChannelMasks", "MaskPlacement", "has_mask_hooks"]
 
 _HOOK_TAG = "_hwdsa_channel_mask"
+MaskPlacement = Literal["before_activation", "after_activation"]
+MASK_PLACEMENTS: tuple[MaskPlacement, ...] = ("before_activation", "after_activation")
 
 
 class _MaskHook:
@@ -50,6 +60,34 @@ class _MaskHook:
         return output * mask.view(-1, *([1] * (output.dim() - 2)))
 
 
+class _ReadMaskHook:
+    """The forward pre-hook of one consumer layer: its input times the masks of the groups it reads."""
+
+    def __init__(self, owner: ChannelMasks, layer: LayerNode) -> None:
+        self.owner = owner
+        self.layer = layer
+        setattr(self, _HOOK_TAG, True)
+
+    def __call__(self, module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        masks = self.owner._masks
+        if masks is None or not inputs or not isinstance(inputs[0], Tensor):
+            return None
+        x = inputs[0]
+        parts = [
+            masks[seg.group] if seg.group is not None else masks[0].new_ones(seg.channels) for seg in self.layer.in_segments
+        ]
+        mask = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.layer.features_per_channel > 1:
+            mask = mask.repeat_interleave(self.layer.features_per_channel)
+        if mask.shape[0] != x.shape[1]:
+            raise TracingError(
+                f"layer {self.layer.name!r} read {x.shape[1]} channels, its masks cover {mask.shape[0]}; "
+                "was the model pruned or changed after the masks were installed?"
+            )
+        mask = mask.to(device=x.device, dtype=x.dtype)
+        return (x * mask.view(-1, *([1] * (x.dim() - 2))), *inputs[1:])
+
+
 class ChannelMasks:
     """Forward hooks that multiply every mask site of every channel group by the group's current mask.
 
@@ -61,6 +99,7 @@ class ChannelMasks:
     Args:
         model: the network `graph` was traced from, or a (Distributed)DataParallel wrapper of it.
         graph: its channel structure.
+        placement: where the masks multiply (see the module docstring); the forward pass is the same.
 
     Example:
         >>> import torch
@@ -75,27 +114,34 @@ class ChannelMasks:
         (1, 10)
     """
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph) -> None:
+    def __init__(self, model: nn.Module, graph: ChannelGraph, placement: MaskPlacement = "before_activation") -> None:
+        if placement not in MASK_PLACEMENTS:
+            raise ConfigError(f"unknown mask placement {placement!r}; valid: {', '.join(MASK_PLACEMENTS)}")
         inner = model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
         self.model = inner
         self.graph = graph
+        self.placement = placement
         self.group_sizes = graph.group_sizes
         self._masks: list[Tensor] | None = None
         self._handles: list[RemovableHandle] = []
-        sites: list[tuple[int, str, nn.Module]] = []
-        for group in graph.groups:
-            for site in group.mask_sites:
-                try:
-                    module = inner.get_submodule(site)
-                except AttributeError:
-                    raise TracingError(
-                        f"the model has no submodule {site!r} (a mask site of group {group.index}); "
-                        "trace the channel graph from this model"
-                    ) from None
-                sites.append((group.index, site, module))
+        if placement == "after_activation":
+            for layer in graph.layers:
+                if layer.is_depthwise or all(seg.group is None for seg in layer.in_segments):
+                    continue  # a depthwise layer's output is its input's group, read (and masked) downstream
+                module = self._submodule(layer.name, "a layer reading a channel group")
+                self._handles.append(module.register_forward_pre_hook(_ReadMaskHook(self, layer)))
+            _log.debug("installed %d read-mask hooks on %d groups", len(self._handles), len(graph.groups))
+            return
+        sites = [(g.index, site, self._submodule(site, f"a mask site of group {g.index}")) for g in graph.groups for site in g.mask_sites]
         for index, site, module in sites:
             self._handles.append(module.register_forward_hook(_MaskHook(self, index, site)))
         _log.debug("installed %d mask hooks on %d groups", len(self._handles), len(graph.groups))
+
+    def _submodule(self, name: str, what: str) -> nn.Module:
+        try:
+            return self.model.get_submodule(name)
+        except AttributeError:
+            raise TracingError(f"the model has no submodule {name!r} ({what}); trace the channel graph from this model") from None
 
     # -- masks ---------------------------------------------------------------------------------
     def set_masks(self, masks: Sequence[Tensor]) -> None:
@@ -158,5 +204,7 @@ class ChannelMasks:
 def has_mask_hooks(model: nn.Module) -> bool:
     """Whether any module of `model` still carries a `ChannelMasks` hook (surgery refuses such a model)."""
     return any(
-        getattr(hook, _HOOK_TAG, False) for module in model.modules() for hook in module._forward_hooks.values()
+        getattr(hook, _HOOK_TAG, False)
+        for module in model.modules()
+        for hook in (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
     )

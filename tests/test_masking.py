@@ -244,3 +244,59 @@ def test_masks_move_to_the_model_device_and_follow_autocast() -> None:
             with torch.autocast("cuda", dtype=torch.float16):
                 half = model(x)
     torch.testing.assert_close(half.float(), full, rtol=2e-2, atol=2e-2)
+
+
+# -- placement: before the activation (the authors') or where the layers read the channels --------------
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_cifar"])
+def test_both_placements_compute_the_same_forward_for_binary_masks(name: str) -> None:
+    from hwdsa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    for mod in model.modules():
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.bias.data.uniform_(-1, 1)
+    graph = trace_channel_graph(model, (3, 32, 32))
+    gen = torch.Generator().manual_seed(1)
+    masks = [(torch.rand(c, generator=gen) < 0.5).float() for c in graph.group_sizes]
+    x = torch.randn(2, 3, 32, 32)
+    outputs = []
+    for placement in ("before_activation", "after_activation"):
+        with ChannelMasks(model, graph, placement=placement) as m, torch.no_grad():  # type: ignore[arg-type]
+            m.set_masks(masks)
+            outputs.append(model(x))
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-5, rtol=1e-4)
+
+
+def test_after_activation_gives_dropped_channels_a_slope_where_relu_kills_it_before() -> None:
+    """A block-internal ResNet group (conv → BN → ReLU → conv): ReLU'(0) = 0 hides the dropped channels."""
+    from hwdsa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("resnet20").train()
+    graph = trace_channel_graph(model, (3, 32, 32))
+    inner = next(g for g in graph.groups if g.producers == ("layer1.0.conv1",))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    dropped = torch.arange(inner.channels) % 2 == 0
+    slopes = {}
+    for placement in ("before_activation", "after_activation"):
+        masks = [torch.ones(c, requires_grad=True) for c in graph.group_sizes]
+        with torch.no_grad():
+            masks[inner.index][dropped] = 0.0
+        with ChannelMasks(model, graph, placement=placement) as m:  # type: ignore[arg-type]
+            m.set_masks(masks)
+            nn.functional.cross_entropy(model(x), y).backward()
+        grad = masks[inner.index].grad
+        assert grad is not None
+        slopes[placement] = grad[dropped].abs()
+    assert float(slopes["before_activation"].max()) == 0.0
+    assert bool((slopes["after_activation"] > 0).all())
+
+
+def test_unknown_placement_is_refused() -> None:
+    model, graph = _net()
+    with pytest.raises(Exception, match="unknown mask placement 'inside'"):
+        ChannelMasks(model, graph, placement="inside")  # type: ignore[arg-type]

@@ -59,6 +59,9 @@ def run_benchmark(folder: Path, name: str, argv: list[str]) -> int:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
+    # As `python benchmarks/NAME.py` would: the suite's own helpers (`_runs.py`) import from its folder.
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
     spec.loader.exec_module(module)
     main = getattr(module, "main", None)
     if main is None:

@@ -19,6 +19,7 @@ from hwdsa.distributed import all_reduce_mean_
 from hwdsa.dsa.process import MASK_GRADIENTS, Beta2Schedule, deterministic_masks, keep_probabilities, sample_masks
 from hwdsa.dsa.projection import check_feasible, project_onto_budget
 from hwdsa.errors import ConfigError
+from hwdsa.masking import MASK_PLACEMENTS, MaskPlacement
 
 _log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ class AdmmConfig:
             homogeneous, relu(b·m) = m·relu(b) for m ≥ 0, so the slope wanted is the one from the right,
             which a small positive value (e.g. 1e-3) recovers while changing the forward pass by that
             fraction of the dropped channels only. 0 reproduces the authors' estimator; the default 1e-3 is what lets DSA beat uniform pruning in benchmarks/results/dsa_vs_uniform.md.
+        mask_placement: "before_activation" (the authors': at the groups' BatchNorm outputs) or
+            "after_activation" (on the inputs of the layers that read each group, after the activation and
+            any residual sum): the same forward pass for masks in {0, 1}, and a dropped channel's slope
+            without a leak (`hwdsa.masking`).
         fill_budget: when the search ends below a budget (the task gradient of groups that matter little is
             mostly noise, so their ratios can drift down freely), scale every group's pruned fraction by one
             factor until a budget binds: an unused budget is accuracy given away.
@@ -69,6 +74,7 @@ class AdmmConfig:
     fill_budget: bool = True
     mask_gradient: str = "straight_through"
     mask_leak: float = 1e-3
+    mask_placement: MaskPlacement = "before_activation"
 
     def __post_init__(self) -> None:
         if not self.rho > 0:
@@ -83,6 +89,8 @@ class AdmmConfig:
             raise ConfigError(f"budget_warmup is a fraction of the search in [0, 1); got {self.budget_warmup}")
         if not 0 <= self.mask_leak < 0.1:
             raise ConfigError(f"mask_leak is a small value in [0, 0.1) (e.g. 1e-3); got {self.mask_leak}")
+        if self.mask_placement not in MASK_PLACEMENTS:
+            raise ConfigError(f"unknown mask_placement {self.mask_placement!r}; valid: {', '.join(MASK_PLACEMENTS)}")
         if self.mask_gradient not in MASK_GRADIENTS:
             raise ConfigError(f"unknown mask_gradient {self.mask_gradient!r}; valid: {', '.join(MASK_GRADIENTS)}")
 

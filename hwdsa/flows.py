@@ -28,7 +28,8 @@ from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, broadcast_object, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
-from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, channels_within_budgets
+from hwdsa.channels import channels_within_budgets
+from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
 from hwdsa.errors import ConfigError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance

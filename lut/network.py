@@ -27,6 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from hwdsa.channels import round_channels
 from hwdsa.errors import ConfigError, TableError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.lut.calibrate import Calibration, CalibrationMethod, attach_calibration, fit_calibration
@@ -168,13 +169,7 @@ def random_channels(
         raise ConfigError(f"draw must be 'uniform' or 'log'; got {draw!r}")
     width = rng.uniform(low, 1.0) if draw == "uniform" else math.exp(rng.uniform(math.log(low), 0.0))
     ratios = [min(1.0, max(low, width * rng.uniform(0.6, 1.4))) for _ in graph.group_sizes]
-    out = []
-    for r, c in zip(ratios, graph.group_sizes):
-        k = max(1, min(c, round(r * c)))
-        if multiple > 1:
-            k = c if c <= multiple or r * c > c - multiple / 2 else max(multiple, multiple * round(r * c / multiple))
-        out.append(min(k, c))
-    return out
+    return round_channels([r * c for r, c in zip(ratios, graph.group_sizes)], graph.group_sizes, multiple=multiple)
 
 
 def pruned_network(model: nn.Module, graph: ChannelGraph, channels: Sequence[int]) -> nn.Module:

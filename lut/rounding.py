@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from typing import TypeVar
 
 from torch import Tensor
 
+from hwdsa.channels import channels_within_budgets
 from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.fit import parse_interpolation, weight_mb
+from hwdsa.profilers.backend import has_stepped_latency, list_backends
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def _steps(cost: LatencyCost, group: int, multiple: int | None, *, below_multiple: bool = False) -> list[int]:
@@ -299,8 +304,33 @@ def round_to_latency_optimal(
     return tuple(current)
 
 
+class _SteppedBackends(AbstractSet[str]):
+    """The registered backends whose `Backend.stepped_latency` trait is set, read live from the registry.
+
+    `name in STEPPED_BACKENDS` asks the backend class registered as `name` (a third-party backend from
+    the `hwdsa.backends` entry point included); iterating lists every registered backend that has it.
+    """
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and has_stepped_latency(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([info.name for info in list_backends() if has_stepped_latency(info.name)])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[_T]) -> frozenset[_T]:  # set operators return plain frozensets
+        return frozenset(it)
+
+    def __repr__(self) -> str:
+        return f"STEPPED_BACKENDS({sorted(self)})"
+
+
 #: Backends whose latency is a staircase in the channel count: rounding goes to the table's step points.
-STEPPED_BACKENDS = frozenset({"torch_cuda", "tensorrt", "onnxruntime_cuda", "onnxruntime_tensorrt"})
+#: A live view of the `Backend.stepped_latency` trait (`hwdsa.profilers.backend.has_stepped_latency`).
+STEPPED_BACKENDS: AbstractSet[str] = _SteppedBackends()
 
 
 def round_for_budgets(
@@ -309,22 +339,21 @@ def round_for_budgets(
     """Integer channel counts for searched keep ratios: latency-optimal when the one budget is a latency budget.
 
     With a single `LatencyCost` budget the counts come from `round_to_latency_optimal`, which fills the
-    budget as closely as the table allows: to the table's step points on GPU backends (a staircase),
+    budget as closely as the table allows: to the table's step points on backends whose latency is a
+    staircase (`Backend.stepped_latency`, asked of the backend the table records: GPU backends),
     else to multiples of `multiple`, by default the table's channel lattice (`TableMeta.channel_multiple`:
     8 for ONNX Runtime's NCHWc kernels, whose off-lattice counts run about 2x slower; 1, whole
     channels, for PyTorch on the CPU) and the table's measured counts below it (1, 2, 4: a stage of
     ResNet-20 at 8 channels already costs 40% of the dense latency there). Any other combination of budgets goes through
-    `hwdsa.dsa.search.channels_within_budgets`, which meets every budget.
+    `hwdsa.channels.channels_within_budgets`, which meets every budget.
     """
     if len(budgets) != 1 or not isinstance(budgets[0].cost, LatencyCost):
-        from hwdsa.dsa.search import channels_within_budgets
-
         return channels_within_budgets(ratios, budgets, group_sizes, multiple=multiple)
     cost = budgets[0].cost
     sizes = [int(c) for c in group_sizes]
     r = ratios.detach().double().cpu().tolist()
     counts = [min(float(c), max(1.0, float(x) * c)) for x, c in zip(r, sizes)]
-    stepped = cost.meta is not None and cost.meta.backend in STEPPED_BACKENDS
+    stepped = cost.meta is not None and has_stepped_latency(cost.meta.backend)
     lattice = cost.meta.channel_multiple if cost.meta is not None else 1
     step = multiple if multiple is not None else (None if stepped else lattice)
     on_lattice = multiple is None and not stepped and lattice > 1  # the table's lattice, not a user's --round-to

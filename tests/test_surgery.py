@@ -41,7 +41,7 @@ from hwdsa.surgery import (
     round_channels,
     save_pruned,
 )
-from hwdsa.surgery import _weights_digest as weights_digest
+from hwdsa.surgery.files import _weights_digest as weights_digest
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BIG = {"resnet50", "resnet18", "vgg16", "mobilenet_v2"}

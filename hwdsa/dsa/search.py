@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hwdsa.channels import channels_within_budgets
 from hwdsa.costs import Budget
 from hwdsa.distributed import barrier, is_main_process, unwrap
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
-from hwdsa.errors import BudgetInfeasibleError, ConfigError
+from hwdsa.errors import ConfigError
 from hwdsa.graph.structure import ChannelGraph
 from hwdsa.importance import group_importance
 from hwdsa.masking import ChannelMasks
@@ -58,49 +59,6 @@ def _cycle(loader: Batches, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
     for k in itertools.count():
         set_epoch(loader, epoch * 1000 + k)
         yield from loader
-
-
-def channels_within_budgets(
-    ratios: Tensor, budgets: Sequence[Budget], group_sizes: Sequence[int], *, multiple: int | None = None
-) -> list[int]:
-    """Integer channel counts near `ratios`·C that meet every budget exactly (`cost.exact`).
-
-    Rounds to the nearest count (or multiple), then, while a budget is exceeded, removes channels (one, or
-    one multiple) from the group whose removal lowers the exceeded costs most per channel removed.
-    """
-    step = multiple or 1
-    sizes = [int(c) for c in group_sizes]
-    r = ratios.detach().double().cpu()
-
-    def rounded(g: int) -> int:
-        c = sizes[g]
-        if multiple:
-            return min(c, max(multiple, int(round(float(r[g]) * c / multiple)) * multiple)) if c >= multiple else c
-        return min(c, max(1, int(round(float(r[g]) * c))))
-
-    channels = [rounded(g) for g in range(len(sizes))]
-    minimum = [min(c, step) for c in sizes]
-
-    def excess(ch: list[int]) -> float:
-        return sum(max(0.0, b.cost.exact(ch) / b.limit - 1.0) for b in budgets)
-
-    current = excess(channels)
-    while current > 0:
-        best, best_gain = -1, 0.0
-        for g in range(len(sizes)):
-            if channels[g] - step < minimum[g]:
-                continue
-            trial = list(channels)
-            trial[g] -= step
-            gain = (current - excess(trial)) / step
-            if gain > best_gain:
-                best, best_gain = g, gain
-        if best < 0:
-            costs = ", ".join(f"{b.cost.name} {b.cost.exact(channels):.4g} > {b.limit:.4g}" for b in budgets if b.cost.exact(channels) > b.limit)
-            raise BudgetInfeasibleError(f"no integer channel counts meet the budget ({costs}); raise the budget or lower --round-to")
-        channels[best] -= step
-        current = excess(channels)
-    return channels
 
 
 class DsaSearch:

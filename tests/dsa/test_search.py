@@ -13,7 +13,8 @@ import torch.multiprocessing as mp
 from hwdsa.costs import Budget, FlopsCost, ParamsCost
 from hwdsa.data import load_dataset, make_loader
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
-from hwdsa.dsa.search import DsaSearch, SearchConfig, channels_within_budgets
+from hwdsa.channels import channels_within_budgets
+from hwdsa.dsa.search import DsaSearch, SearchConfig
 from hwdsa.errors import BudgetInfeasibleError
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model

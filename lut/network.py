@@ -367,14 +367,13 @@ def latency_table_for(
     What `hwdsa prune --latency-backend NAME` runs when it is given a device instead of a table; a
     rerun (or `--resume`) finds the finished table and calibration and measures nothing again. The
     grid defaults to "gpu" mode (every multiple of 8 on narrow axes) on GPU backends
-    (`hwdsa.lut.rounding.STEPPED_BACKENDS`) and on backends with a channel lattice (ONNX Runtime's
+    (`Backend.stepped_latency`) and on backends with a channel lattice (ONNX Runtime's
     NCHWc kernels pad outputs to 16-channel blocks: a staircase too), else "cpu".
     """
-    from hwdsa.lut.rounding import STEPPED_BACKENDS
 
     be = resolve_backend(backend, **backend_options)
     if grid is None:  # staircases need every multiple; smooth CPU latency interpolates from a few points
-        stepped = be.name in STEPPED_BACKENDS or be.channel_multiple > 1
+        stepped = be.stepped_latency or be.channel_multiple > 1
         grid = GridConfig("gpu") if stepped else GridConfig("cpu")
     table = profile_network(model, input_shape, be, out_path, grid=grid, protocol=protocol, network_name=name)
     graph = trace_channel_graph(model, _check_shape(input_shape))

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from collections.abc import Set as AbstractSet
-from typing import TypeVar
+from collections.abc import Sequence
 
 from torch import Tensor
 
@@ -22,10 +20,9 @@ from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.fit import parse_interpolation, weight_mb
-from hwdsa.profilers.backend import has_stepped_latency, list_backends
+from hwdsa.profilers.backend import has_stepped_latency
 
 _log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 
 def _steps(cost: LatencyCost, group: int, multiple: int | None, *, below_multiple: bool = False) -> list[int]:
@@ -304,35 +301,6 @@ def round_to_latency_optimal(
     return tuple(current)
 
 
-class _SteppedBackends(AbstractSet[str]):
-    """The registered backends whose `Backend.stepped_latency` trait is set, read live from the registry.
-
-    `name in STEPPED_BACKENDS` asks the backend class registered as `name` (a third-party backend from
-    the `hwdsa.backends` entry point included); iterating lists every registered backend that has it.
-    """
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and has_stepped_latency(name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([info.name for info in list_backends() if has_stepped_latency(info.name)])
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    @classmethod
-    def _from_iterable(cls, it: Iterable[_T]) -> frozenset[_T]:  # set operators return plain frozensets
-        return frozenset(it)
-
-    def __repr__(self) -> str:
-        return f"STEPPED_BACKENDS({sorted(self)})"
-
-
-#: Backends whose latency is a staircase in the channel count: rounding goes to the table's step points.
-#: A live view of the `Backend.stepped_latency` trait (`hwdsa.profilers.backend.has_stepped_latency`).
-STEPPED_BACKENDS: AbstractSet[str] = _SteppedBackends()
-
-
 def round_for_budgets(
     ratios: Tensor, budgets: Sequence[Budget], group_sizes: Sequence[int], *, multiple: int | None = None
 ) -> list[int]:
@@ -360,4 +328,4 @@ def round_for_budgets(
     return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step, below_multiple=on_lattice))
 
 
-__all__ = ["STEPPED_BACKENDS", "round_for_budgets", "round_to_latency_optimal"]
+__all__ = ["round_for_budgets", "round_to_latency_optimal"]

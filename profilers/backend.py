@@ -18,7 +18,7 @@ import os
 import platform
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import metadata
@@ -61,18 +61,48 @@ class Session(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no device timer")
 
 
+class CallableSession(Session):
+    """A session around a callable run on the host clock (`synchronize`: wait for asynchronous work, if any)."""
+
+    def __init__(self, fn: Callable[[], object], synchronize: Callable[[], object] | None = None) -> None:
+        self._fn = fn
+        self._sync = synchronize
+
+    @override
+    def run_once(self) -> None:
+        self._fn()
+
+    @override
+    def synchronize(self) -> None:
+        if self._sync is not None:
+            self._sync()
+
+
 class Backend(ABC):
     """Base of every profiling backend.
 
     Subclasses set `name`, `description`, `install_hint` and `precisions`, implement
     `check_available()` (raise `BackendUnavailableError` saying what is missing) and `session(spec)`,
     and may implement `network_session` for end-to-end timing. They never time anything themselves.
+
+    The traits below tell the rest of hwdsa how to treat a backend's timings. They are class
+    attributes, read from the registered class (`has_stepped_latency`, `backend_for_provider`), so a
+    third-party backend registered through the `hwdsa.backends` entry point sets them like a built-in one.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     install_hint: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    #: Latency is a staircase in the channel count (GPU kernels compute whole tiles of channels):
+    #: `hwdsa prune` rounds a table of this backend to its measured step points
+    #: (`hwdsa.lut.rounding.round_for_budgets`) and `hwdsa.lut.network` profiles it on the "gpu" grid.
+    #: False (the default): latency is smooth in the count, rounded to `channel_multiple`.
+    stepped_latency: ClassVar[bool] = False
+    #: The ONNX Runtime execution provider whose sessions this backend times, or None (the default):
+    #: `hwdsa export` times an ONNX Runtime artefact with the registered backend of its session's
+    #: provider (`backend_for_provider`).
+    onnxruntime_provider: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ capability
     @classmethod
@@ -209,6 +239,9 @@ class OnnxBackend(Backend):
     (`hwdsa.profilers.layers.onnx_from_spec`).
     """
 
+    #: File endings `measure_network` reads as the backend's own compiled networks rather than ONNX.
+    engine_suffixes: ClassVar[tuple[str, ...]] = ()
+
     def __init__(self, *, onnx_files: Mapping[LayerSpec, str | os.PathLike[str]] | None = None) -> None:
         self.onnx_files: dict[LayerSpec, Path] = {spec: Path(p) for spec, p in (onnx_files or {}).items()}
 
@@ -217,6 +250,11 @@ class OnnxBackend(Backend):
         self, onnx_path: Path, *, precision: str, input_shape: Sequence[int] | None = None
     ) -> AbstractContextManager[Session]:
         """Prepare the graph in `onnx_path` for timing; `input_shape` fixes dynamic input dimensions."""
+
+    def file_session(self, path: Path, *, precision: str, input_shape: Sequence[int]) -> AbstractContextManager[Session]:
+        """Prepare the network file `path` given to `measure_network`: an ONNX graph here; a backend that
+        also runs its own compiled files (`engine_suffixes`) dispatches on them."""
+        return self.onnx_session(path, precision=precision, input_shape=input_shape)
 
     @contextlib.contextmanager
     def onnx_file(self, spec: LayerSpec) -> Iterator[Path]:
@@ -250,8 +288,8 @@ class OnnxBackend(Backend):
         if isinstance(model, (str, os.PathLike)):
             path = Path(model)
             if not path.is_file():
-                raise ConfigError(f"ONNX file {path} does not exist")
-            with self.onnx_session(path, precision=precision, input_shape=input_shape) as s:
+                raise ConfigError(f"{'engine' if path.suffix in self.engine_suffixes else 'ONNX'} file {path} does not exist")
+            with self.file_session(path, precision=precision, input_shape=input_shape) as s:
                 yield s
             return
         try:
@@ -379,6 +417,52 @@ def get_backend_class(name: str) -> type[Backend]:
     return cls
 
 
+def _registered_classes() -> Iterator[tuple[str, type[Backend]]]:
+    """(name, class) of every registered backend that imports here: built-in ones first, then third-party ones."""
+    _load_entry_points()
+    names = BACKENDS.names()
+    for name in [n for n in names if n in _BUILTIN] + [n for n in names if n not in _BUILTIN]:
+        try:
+            cls = get_backend_class(name)
+        except Exception as exc:  # a broken third-party module must not hide the other backends' traits
+            _log.warning("backend %r is skipped: %s: %s", name, type(exc).__name__, exc)
+            continue
+        yield name, cls
+
+
+def has_stepped_latency(name: str) -> bool:
+    """Whether the backend registered as `name` has `Backend.stepped_latency` (False for an unknown name).
+
+    A table records its backend by name; a backend that is registered but cannot be imported here
+    counts as not stepped, with a warning.
+    """
+    _load_entry_points()
+    if name not in BACKENDS:
+        return False
+    try:
+        return bool(get_backend_class(name).stepped_latency)
+    except Exception as exc:  # as in _registered_classes: report, never raise
+        _log.warning("backend %r cannot be imported to read its traits (%s: %s); not stepped", name, type(exc).__name__, exc)
+        return False
+
+
+def provider_backends() -> dict[str, str]:
+    """ONNX Runtime execution provider -> the registered backend that times it (`Backend.onnxruntime_provider`).
+
+    Where several backends name one provider the built-in one wins, then the first by name.
+    """
+    out: dict[str, str] = {}
+    for name, cls in _registered_classes():
+        if cls.onnxruntime_provider is not None:
+            out.setdefault(cls.onnxruntime_provider, name)
+    return out
+
+
+def backend_for_provider(provider: str) -> str | None:
+    """The registered backend that times ONNX Runtime sessions on `provider`, or None."""
+    return provider_backends().get(provider)
+
+
 def get_backend(name: str, **options: Any) -> Backend:
     """A ready backend instance: `get_backend("onnxruntime", num_threads=1)`.
 
@@ -427,12 +511,16 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "BackendInfo",
+    "CallableSession",
     "OnnxBackend",
     "Session",
+    "backend_for_provider",
     "device_description",
     "get_backend",
     "get_backend_class",
+    "has_stepped_latency",
     "list_backends",
+    "provider_backends",
     "register_backend",
     "resolve_backend",
 ]

@@ -59,18 +59,18 @@ def nchwc_block_size() -> int:
     16 where the CPU (and OS) run AVX-512, 8 on other x86-64 (AVX2), 1 elsewhere (no NCHWc
     transformer). Read from numpy's runtime CPU-feature detection, which the board has too.
     """
+    import importlib
     import platform
 
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return 1
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:  # numpy < 2
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # numpy >= 2, numpy < 2
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:
-            return 16  # unknown: multiples of 16 are aligned for AVX2 and AVX-512 alike
-    return 16 if features.get("AVX512F") else 8
+            features: dict[str, bool] = importlib.import_module(module).__cpu_features__
+        except (ImportError, AttributeError):
+            continue
+        return 16 if features.get("AVX512F") else 8
+    return 16  # unknown: multiples of 16 are aligned for AVX2 and AVX-512 alike
 
 
 def _import_ort() -> Any:
@@ -97,7 +97,8 @@ class _OrtSession(Session):
 
 
 class _OrtBackend(OnnxBackend):
-    """Common code of the ONNX Runtime backends; subclasses name their provider."""
+    """Common code of the ONNX Runtime backends; subclasses name their provider (`provider`, and the
+    `Backend.onnxruntime_provider` trait with the same value, by which `hwdsa export` finds them)."""
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     precisions = ("fp32", "fp16", "int8")
@@ -341,7 +342,7 @@ class OrtCpuBackend(_OrtBackend):
     name = "onnxruntime"
     description = "ONNX Runtime, CPU execution provider"
     install_hint = _INSTALL
-    provider = "CPUExecutionProvider"
+    provider = onnxruntime_provider = "CPUExecutionProvider"
 
 
 class OrtCudaBackend(_OrtBackend):
@@ -350,7 +351,8 @@ class OrtCudaBackend(_OrtBackend):
     name = "onnxruntime_cuda"
     description = "ONNX Runtime, CUDA execution provider"
     install_hint = "pip install onnxruntime-gpu on a machine with an NVIDIA GPU and driver"
-    provider = "CUDAExecutionProvider"
+    provider = onnxruntime_provider = "CUDAExecutionProvider"
+    stepped_latency = True  # GPU kernels tile channels (the TensorRT provider inherits it)
 
     @override
     @classmethod
@@ -380,7 +382,7 @@ class OrtTensorrtBackend(OrtCudaBackend):
     name = "onnxruntime_tensorrt"
     description = "ONNX Runtime, TensorRT execution provider"
     install_hint = "pip install onnxruntime-gpu 'tensorrt>=10' on a machine with an NVIDIA GPU and driver"
-    provider = "TensorrtExecutionProvider"
+    provider = onnxruntime_provider = "TensorrtExecutionProvider"
 
     @override
     @classmethod

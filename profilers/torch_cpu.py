@@ -7,23 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hwdsa.errors import BackendUnavailableError, ConfigError
 
 from ._compat import override
-from .backend import Backend, Session, check_threads
+from .backend import Backend, CallableSession, Session, check_threads
 from .base import LayerSpec
-
-
-class _CallSession(Session):
-    def __init__(self, fn: Callable[[], object]) -> None:
-        self._fn = fn
-
-    @override
-    def run_once(self) -> None:
-        self._fn()
 
 
 @contextlib.contextmanager
@@ -88,7 +79,7 @@ class TorchCpuBackend(Backend):
         module = module_from_spec(spec)
         x = input_from_spec(spec)
         with _torch_threads(self.num_threads), torch.inference_mode():
-            yield _CallSession(lambda: module(x))
+            yield CallableSession(lambda: module(x))
 
     @override
     @contextlib.contextmanager
@@ -105,4 +96,4 @@ class TorchCpuBackend(Backend):
         net = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
         x = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(0))
         with _torch_threads(self.num_threads), torch.inference_mode():
-            yield _CallSession(lambda: net(x))
+            yield CallableSession(lambda: net(x))

@@ -32,8 +32,11 @@ _log = logging.getLogger(__name__)
 _CAPTURE_WARMUP = 3  # eager runs on a side stream before capture (lazy init, cuDNN autotuning)
 
 
-class _CudaSession(Session):
-    """Runs `fn` (a graph replay or an eager call) on the current stream; CUDA events time it."""
+class CudaEventSession(Session):
+    """Runs `fn` (a graph replay, an eager call, an engine's enqueue) on torch's current stream; CUDA events time it.
+
+    `hwdsa.export.tensorrt.time_engine` times a deployed engine with it too.
+    """
 
     has_device_timer = True
 
@@ -78,6 +81,7 @@ class TorchCudaBackend(Backend):
     description = "PyTorch on a CUDA GPU with CUDA graphs and CUDA-event timing (fp32, fp16)"
     install_hint = "install a CUDA build of PyTorch (https://pytorch.org) on a machine with an NVIDIA GPU"
     precisions = ("fp32", "fp16")
+    stepped_latency = True  # tensor-core tiles: a staircase in the channel count
 
     @property
     @override
@@ -193,7 +197,7 @@ class TorchCudaBackend(Backend):
             device = self._device()
             module = module_from_spec(spec).to(device=device, dtype=dtype)
             x = input_from_spec(spec, device=device, dtype=dtype)
-            yield _CudaSession(self._prepare(module, x, spec_label(spec)), device)
+            yield CudaEventSession(self._prepare(module, x, spec_label(spec)), device)
 
     @override
     @contextlib.contextmanager
@@ -214,4 +218,7 @@ class TorchCudaBackend(Backend):
             device = self._device()
             net = copy.deepcopy(model).to(device=device, dtype=dtype).eval()
             x = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
-            yield _CudaSession(self._prepare(net, x, type(model).__name__), device)
+            yield CudaEventSession(self._prepare(net, x, type(model).__name__), device)
+
+
+__all__ = ["CudaEventSession", "TorchCudaBackend"]

@@ -28,6 +28,7 @@ from hwdsa.export._data import BatchSource, as_batches
 from hwdsa.export.compare import ComparisonReport, Tolerance, compare_outputs
 from hwdsa.export.onnx import DEFAULT_OPSET, check_input_shape, model_name, onnx_from_module
 from hwdsa.export.targets import Conditions, LatencyTargets
+from hwdsa.profilers.backend import Backend
 from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol
 
 _log = logging.getLogger(__name__)
@@ -36,12 +37,6 @@ FORMATS = ("onnx", "onnxruntime", "tensorrt")
 REPORT_SCHEMA_VERSION = 2
 _READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 lacked the fields that now have defaults
 REPORT_NAME = "report.json"
-#: The profilers backend that times an ONNX Runtime session on each execution provider.
-ORT_TIMING_BACKENDS = {
-    "CPUExecutionProvider": "onnxruntime",
-    "CUDAExecutionProvider": "onnxruntime_cuda",
-    "TensorrtExecutionProvider": "onnxruntime_tensorrt",
-}
 
 
 @dataclass(frozen=True)
@@ -178,10 +173,11 @@ def _random_batches(input_shape: tuple[int, ...], n: int = 2) -> list[torch.Tens
 def _unavailable_reason(fmt: str, providers: Sequence[str] | None) -> str | None:
     """Why `fmt` cannot be produced here (None when it can); checked before any work is done."""
     if fmt == "tensorrt":
-        from hwdsa.export.tensorrt import _import_tensorrt, _require_cuda
+        from hwdsa.export.tensorrt import _require_cuda
+        from hwdsa.profilers.tensorrt import import_tensorrt
 
         try:
-            _import_tensorrt()
+            import_tensorrt()
             _require_cuda()
         except BackendUnavailableError as exc:
             return str(exc)
@@ -198,14 +194,17 @@ def _unavailable_reason(fmt: str, providers: Sequence[str] | None) -> str | None
     return None
 
 
-def _ort_timing_backend(provider: str, threads: int | None) -> Any:
-    """The profilers backend that times sessions on `provider` (the one latency tables are made with)."""
-    from hwdsa.profilers.backend import get_backend
+def _ort_timing_backend(provider: str, threads: int | None) -> Backend:
+    """The profilers backend that times sessions on `provider` (the one latency tables are made with).
 
-    name = ORT_TIMING_BACKENDS.get(provider)
+    Found by its `onnxruntime_provider` trait in the backend registry; `threads` is passed on when set.
+    """
+    from hwdsa.profilers.backend import backend_for_provider, get_backend, provider_backends
+
+    name: str | None = backend_for_provider(provider)
     if name is None:
-        raise ConfigError(f"no profilers backend times ONNX Runtime's {provider}; use one of {sorted(ORT_TIMING_BACKENDS)}")
-    return get_backend(name, num_threads=threads)
+        raise ConfigError(f"no profilers backend times ONNX Runtime's {provider}; use one of {sorted(provider_backends())}")
+    return get_backend(name, **({} if threads is None else {"num_threads": threads}))
 
 
 def export_model(
@@ -223,6 +222,7 @@ def export_model(
     providers: Sequence[str] | None = None,
     threads: int | None = None,
     workspace_bytes: int | None = None,
+    builder_optimization_level: int | None = None,
     tolerance: Tolerance | None = None,
     skip_unavailable: bool = False,
     latency_targets: LatencyTargets | None = None,
@@ -236,9 +236,13 @@ def export_model(
     (all reports, written last and atomically). Each file is written atomically; a `report.json` left
     from an earlier export is removed first, so a failed export never leaves a stale report.
 
-    Latency is measured by the profilers' backends under `protocol`: ONNX Runtime sessions by the
-    backend of their execution provider (`onnxruntime`, `onnxruntime_cuda`, `onnxruntime_tensorrt`),
-    which binds inputs once like the per-layer tables; engines with CUDA events (`time_engine`).
+    Every runtime artefact is timed by a profilers backend's own `measure_network`, under `protocol` and
+    with the statistic of a latency table (the quietest of the protocol's rounds), so `report.json` is
+    comparable with the table's prediction: an ONNX Runtime graph by the backend of its session's
+    execution provider (the one whose `onnxruntime_provider` it is: `onnxruntime`, `onnxruntime_cuda`,
+    `onnxruntime_tensorrt` or a third-party one), which binds inputs once like the per-layer tables; the
+    shipped TensorRT engine file itself by the `tensorrt` backend, which also built it (one builder
+    configuration: `workspace_bytes`, `builder_optimization_level`).
 
     Args:
         model: the (pruned) network.
@@ -254,6 +258,8 @@ def export_model(
         name: the model's name in reports (default: its class name).
         opset, providers, workspace_bytes: passed to `onnx_from_module`, `session_from_onnx` and
             `engine_from_onnx`.
+        builder_optimization_level: TensorRT's builder optimisation level (None: TensorRT's default);
+            the engine is built and timed with the `tensorrt` backend's settings, so use the table's.
         threads: ONNX Runtime intra-op threads, for verification and timing (None: its default).
         tolerance: overrides the precision's default tolerance for verification.
         skip_unavailable: report a format whose backend is not installed here as skipped (with the
@@ -302,14 +308,13 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / REPORT_NAME).unlink(missing_ok=True)  # a report must never describe artefacts it did not make
-    timing_input = torch.randn(shape, generator=torch.Generator().manual_seed(1))
     proto = protocol or TimingProtocol()
 
     onnx_path = onnx_from_module(model, out / "model.onnx", input_shape=shape, opset=opset)
     reports: list[DeploymentReport] = []
 
     def report(backend: str, runner: str | None, path: Path, measured: Measurement | None,
-               comparison: ComparisonReport | None, timing_backend: Any = None) -> DeploymentReport:
+               comparison: ComparisonReport | None, timing_backend: Backend | None = None) -> DeploymentReport:
         made = DeploymentReport(
             model_name=label, backend=backend, runner=runner, precision=precision, artefact_path=os.fspath(path),
             input_shape=shape, measured=measured, comparison=comparison,
@@ -382,9 +387,19 @@ def export_model(
             measured = timer.measure_network(ort_path, shape, proto, precision=precision)
             reports.append(report("onnxruntime", runner_name, ort_path, measured, comparison, timer))
         else:  # tensorrt
-            from hwdsa.export.tensorrt import DEFAULT_WORKSPACE_BYTES, TrtRunner, engine_from_onnx, time_engine
+            from hwdsa.export.tensorrt import DEFAULT_WORKSPACE_BYTES, TrtRunner, engine_from_onnx
             from hwdsa.profilers.backend import get_backend
+            from hwdsa.profilers.tensorrt import TensorRTBackend
 
+            # The backend that times the engine sets how it is built: one builder configuration.
+            timer = get_backend(
+                "tensorrt",
+                device=torch.cuda.current_device(),
+                workspace_bytes=workspace_bytes or DEFAULT_WORKSPACE_BYTES,
+                builder_optimization_level=builder_optimization_level,
+            )
+            if not isinstance(timer, TensorRTBackend):
+                raise ConfigError(f"the backend registered as 'tensorrt' is {type(timer).__name__}, not a TensorRTBackend")
             largest = max([shape[0], *(int(b.shape[0]) for b in checks or [])])
             engine_path = out / f"model.{precision}.engine"
             engine_from_onnx(
@@ -393,13 +408,15 @@ def export_model(
                 precision=precision,
                 input_shape=shape,
                 batch_profile=(1, shape[0], largest),
-                workspace_bytes=workspace_bytes or DEFAULT_WORKSPACE_BYTES,
+                workspace_bytes=timer.builder_settings.workspace_bytes,
+                builder_optimization_level=timer.builder_settings.builder_optimization_level,
             )
-            trt_runner = TrtRunner.from_file(engine_path)
+            trt_runner = TrtRunner.from_file(engine_path)  # checks the engine against its record
             comparison = verify(trt_runner)
-            measured = time_engine(trt_runner, timing_input, proto)
-            timer = get_backend("tensorrt", device=torch.cuda.current_device())
-            reports.append(report("tensorrt", trt_runner.name, engine_path, measured, comparison, timer))
+            runner_name = trt_runner.name
+            del trt_runner  # one engine in memory at a time: the timing backend loads its own
+            measured = timer.measure_network(engine_path, shape, proto, precision=precision)
+            reports.append(report("tensorrt", runner_name, engine_path, measured, comparison, timer))
         _log.info("%s: %s %s done", label, fmt, precision)
 
     extra: dict[str, Any] = {"timing_protocol": asdict(proto)}

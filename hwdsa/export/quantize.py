@@ -24,22 +24,18 @@ onnxruntime is imported inside the functions only: `import hwdsa.export` does no
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import onnx
 import torch
 
 from hwdsa._io import atomic_path
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.export._data import DEFAULT_SPLIT, BatchSource, as_batches
-from hwdsa.export.onnx import QDQ_OPS, onnx_op_types
+from hwdsa.export.onnx import QDQ_OPS
+from hwdsa.profilers.layers import qdq_graph
 
 _log = logging.getLogger(__name__)
 
@@ -112,16 +108,6 @@ def _equal_batches(batches: list[torch.Tensor], largest: int = DEFAULT_SPLIT) ->
     return list(torch.split(samples, size))
 
 
-def _import_quantization() -> Any:
-    try:
-        from onnxruntime import quantization
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"INT8 quantisation needs onnxruntime (`pip install onnxruntime`): {exc}"
-        ) from exc
-    return quantization
-
-
 def qdq_onnx_from_onnx(
     onnx_path: str | os.PathLike[str],
     path: str | os.PathLike[str],
@@ -171,71 +157,19 @@ def qdq_onnx_from_onnx(
     static_dims = [d for d in dims[1:] if d is not None]
     sample_shape = static_dims if len(static_dims) == len(dims) - 1 else None
     batches = _equal_batches(as_batches(calibration_data, what="calibration_data", sample_shape=sample_shape))
-    q = _import_quantization()
-
-    class _Reader:  # duck-typed: CalibrationDataReader's __subclasshook__ accepts any get_next()
-        def __init__(self) -> None:
-            self._batches = iter(batches)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self._batches, None)
-            return None if batch is None else {input_name: batch.numpy()}
-
-    extra_options: dict[str, Any] = {
-        "ActivationSymmetric": True,  # zero point 0: TensorRT accepts nothing else
-        "WeightSymmetric": True,
-        "QuantizeBias": False,  # TensorRT's DequantizeLinear takes INT8/FP8/INT4, not the INT32 of a bias
-        "AddQDQPairToWeight": True,  # float weights -> Q -> DQ: the pattern TensorRT folds in every 10.x
-    }
-    if method == "percentile":
-        extra_options["CalibPercentile"] = float(percentile)
-        extra_options["CalibTensorRangeSymmetric"] = True
-    calibrate_method = q.CalibrationMethod.Percentile if method == "percentile" else q.CalibrationMethod.MinMax
-    target = Path(path)
-    n_samples = sum(int(b.shape[0]) for b in batches)
-    with tempfile.TemporaryDirectory(prefix="hwdsa-qdq-") as tmpdir, atomic_path(target) as tmp:
-        prepared = Path(tmpdir) / "prepared.onnx"
-        try:
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(os.fspath(source), os.fspath(prepared))
-        except Exception as exc:  # pre-processing only helps the quantiser; the raw graph still works
-            _log.warning("ONNX Runtime's quantisation pre-processing failed (%s); quantising the graph as is", exc)
-            prepared = source
-        captured = io.StringIO()
-        try:
-            # ORT's calibrators print progress to stdout; a library keeps it in the log instead.
-            with contextlib.redirect_stdout(captured):
-                q.quantize_static(
-                    os.fspath(prepared),
-                    os.fspath(tmp),
-                    _Reader(),
-                    quant_format=q.QuantFormat.QDQ,
-                    per_channel=per_channel,
-                    reduce_range=reduce_range,
-                    activation_type=q.QuantType.QInt8,
-                    weight_type=q.QuantType.QInt8,
-                    calibrate_method=calibrate_method,
-                    extra_options=extra_options,
-                )
-        except Exception as exc:  # the quantiser raises many types; report them as one
-            raise ExportError(f"INT8 quantisation of {source} failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            if captured.getvalue().strip():
-                _log.debug("onnxruntime quantiser: %s", captured.getvalue().strip())
-        quantised = onnx.load(os.fspath(tmp))
-        try:
-            onnx.checker.check_model(quantised, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            raise ExportError(f"the Q/DQ graph made from {source} is invalid: {exc}") from exc
-    if not onnx_op_types(target) & QDQ_OPS:
-        target.unlink()
-        raise ExportError(f"quantising {source} inserted no Q/DQ node: the graph has no Conv/Gemm/MatMul to quantise")
-    _log.info(
-        "INT8 Q/DQ graph %s from %s (%s calibration on %d samples in %d batches%s)",
-        target, source, method, n_samples, len(batches), ", 7-bit weights" if reduce_range else "",
+    # The quantiser and its TensorRT-compatible options are the profilers' (a table's int8 layers are
+    # quantised by the same recipe); what is checked and prepared above is the caller's data.
+    written: Path = qdq_graph(
+        source,
+        path,
+        [b.numpy() for b in batches],
+        input_name=input_name,
+        method=method,
+        percentile=percentile,
+        per_channel=per_channel,
+        reduce_range=reduce_range,
     )
-    return target
+    return written
 
 
 def fp16_onnx_from_onnx(onnx_path: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:

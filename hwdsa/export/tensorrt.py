@@ -16,25 +16,27 @@ all of them; strong typing is available from 10.0 and is the only mode in 11.x:
 - "int8": explicit quantisation. The ONNX graph carries Q/DQ nodes (made by `qdq_onnx_from_onnx`
   from the caller's calibration data when the graph has none): no calibrator, no INT8 flag.
 
-`tensorrt` is imported inside functions only (via `_import_tensorrt`), so this module imports, and its
+The import guard, the TensorRT logger and the builder configuration are the profilers' (`BuilderSettings`
+and `build_engine` in `hwdsa.profilers.tensorrt`), so a shipped engine is built exactly as the engines a
+latency table is measured with; this module adds the dynamic-batch profile, the record and the torch
+runner. `hwdsa export` times the shipped engine file through the profilers' `tensorrt` backend.
+
+`tensorrt` is imported inside functions only (via `import_tensorrt`), so this module imports, and its
 records can be checked, on machines without TensorRT. Note that the `tensorrt-stubs` package installs
 a directory named `tensorrt` holding only `.pyi` files: `import tensorrt` then succeeds and yields an
-empty namespace package, which `_import_tensorrt` detects (and `pytest.importorskip` does not).
+empty namespace package, which `import_tensorrt` detects (and `pytest.importorskip` does not).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,7 +46,14 @@ from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError, EngineMismatchError, ExportError
 from hwdsa.export._data import BatchSource
 from hwdsa.export.onnx import onnx_precision, sha256_file
-from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol, time_samples
+from hwdsa.profilers.backend import Backend
+from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol
+from hwdsa.profilers.tensorrt import DEFAULT_WORKSPACE_BYTES as DEFAULT_WORKSPACE_BYTES
+from hwdsa.profilers.tensorrt import BuilderSettings, ProfilePolicy, ShapeRange, build_engine, dtype_name
+from hwdsa.profilers.tensorrt import ProfileShape as ProfileShape
+from hwdsa.profilers.tensorrt import TensorSpec as TensorSpec
+from hwdsa.profilers.tensorrt import dims as _dims
+from hwdsa.profilers.tensorrt import import_tensorrt, trt_logger
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -52,11 +61,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 RECORD_SCHEMA_VERSION = 1
-DEFAULT_WORKSPACE_BYTES = 1 << 30
-INSTALL_HINT = (
-    "install it with `pip install 'tensorrt>=10'` (or `pip install 'hwdsa[tensorrt]'`) on a machine with an "
-    "NVIDIA GPU and driver"
-)
+#: The profilers' import guard and TensorRT logger (one per process), under this module's earlier names.
 
 
 # --------------------------------------------------------------------------------------------------
@@ -64,33 +69,10 @@ INSTALL_HINT = (
 # --------------------------------------------------------------------------------------------------
 
 
-def _import_tensorrt() -> ModuleType:
-    """Import TensorRT (>= 10) or raise BackendUnavailableError saying how to install it.
-
-    Functions call this first, then `import tensorrt as trt` themselves, so that mypy checks every
-    TensorRT call against the stubs (a module returned as `ModuleType` would type every attribute Any).
-    """
-    try:
-        import tensorrt
-    except (ImportError, OSError) as exc:  # OSError: the package is there but libnvinfer cannot be loaded
-        raise BackendUnavailableError(f"TensorRT is not installed or cannot load: {INSTALL_HINT} ({exc})") from exc
-    if not hasattr(tensorrt, "Builder"):
-        where = [str(p) for p in getattr(tensorrt, "__path__", [])]
-        raise BackendUnavailableError(
-            f"TensorRT is not installed: the `tensorrt` found at {where} has no runtime (only type stubs such as "
-            f"tensorrt-stubs install that directory); {INSTALL_HINT}"
-        )
-    version = str(tensorrt.__version__)
-    if int(version.split(".")[0]) < 10:
-        raise BackendUnavailableError(f"TensorRT {version} is too old: hwdsa uses the TensorRT 10 API; {INSTALL_HINT}")
-    module: ModuleType = tensorrt
-    return module
-
-
 def is_available() -> bool:
     """Whether engines can be built and run here: TensorRT >= 10 is installed and a CUDA device is present."""
     try:
-        _import_tensorrt()
+        import_tensorrt()
     except BackendUnavailableError:
         return False
     return bool(torch.cuda.is_available())
@@ -103,7 +85,7 @@ def _require_cuda() -> None:
 
 def current_environment() -> dict[str, str]:
     """TensorRT version, device name and compute capability here: what an engine record must match."""
-    _import_tensorrt()
+    import_tensorrt()
     import tensorrt as trt
 
     _require_cuda()
@@ -116,50 +98,9 @@ def current_environment() -> dict[str, str]:
     }
 
 
-_LOG_LEVELS = {"INTERNAL_ERROR": logging.CRITICAL, "ERROR": logging.ERROR, "WARNING": logging.WARNING}
-
-
-@functools.lru_cache(maxsize=1)
-def _trt_logger() -> trt.ILogger:
-    """One TensorRT logger for the process (TensorRT keeps a raw pointer), forwarding to `logging`.
-
-    TensorRT's INFO and VERBOSE messages go to DEBUG. The class is made with `type()` rather than a
-    class statement because `ILogger.__init__` is untyped in the stubs, and mypy --strict rejects
-    both calling it and subclassing an unresolved type.
-    """
-    _import_tensorrt()
-    import tensorrt as trt
-
-    def log(self: Any, severity: trt.ILogger.Severity, msg: str) -> None:
-        _log.log(_LOG_LEVELS.get(str(severity.name), logging.DEBUG), "TensorRT: %s", msg)
-
-    bridge = type("_LoggingBridge", (trt.ILogger,), {"log": log})
-    logger: trt.ILogger = bridge()
-    return logger
-
-
 # --------------------------------------------------------------------------------------------------
 # The record beside each engine
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """An engine input or output: name, shape (-1 where dynamic) and TensorRT data type name."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-
-
-@dataclass(frozen=True)
-class ProfileShape:
-    """The min/opt/max shapes one optimisation profile allows for one input."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -185,6 +126,7 @@ class EngineRecord:
     hwdsa_version: str
     built_at: str
     schema_version: int = RECORD_SCHEMA_VERSION
+    builder_optimization_level: int | None = None  # absent from records written before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -218,9 +160,14 @@ class EngineRecord:
                 hwdsa_version=str(data["hwdsa_version"]),
                 built_at=str(data["built_at"]),
                 schema_version=int(version),
+                builder_optimization_level=_optional_int(data.get("builder_optimization_level")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineMismatchError(f"engine record is malformed ({type(exc).__name__}: {exc}): rebuild the engine") from exc
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def record_path(engine_path: str | os.PathLike[str]) -> Path:
@@ -294,15 +241,27 @@ def check_engine_record(
 # --------------------------------------------------------------------------------------------------
 
 
-def _dims(dims: trt.Dims) -> tuple[int, ...]:
-    return tuple(int(dims[i]) for i in range(len(dims)))
-
-
 def _check_profile(batch_profile: Sequence[int]) -> tuple[int, int, int]:
     values = tuple(int(b) for b in batch_profile)
     if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
         raise ConfigError(f"batch_profile must be (min, opt, max) with 1 <= min <= opt <= max; got {tuple(batch_profile)}")
     return values[0], values[1], values[2]
+
+
+def _batch_profile(shape: tuple[int, ...], batches: tuple[int, int, int]) -> ProfilePolicy:
+    """The shipped engine's profile: every input of the graph is `shape`, its batch (only) may range over `batches`."""
+
+    def policy(index: int, name: str, dims: tuple[int, ...]) -> ShapeRange | None:
+        if len(dims) != len(shape) or any(d not in (-1, s) for d, s in zip(dims[1:], shape[1:])):
+            raise ConfigError(f"input_shape {shape} does not match the graph's input {name} of shape {dims}")
+        if any(d == -1 for d in dims[1:]):
+            raise ConfigError(f"input {name} has dynamic dimensions {dims} other than the batch; export it with a fixed size")
+        if dims[0] != -1:
+            return None
+        low, opt, high = (tuple([b, *dims[1:]]) for b in batches)
+        return low, opt, high
+
+    return policy
 
 
 def engine_from_onnx(
@@ -313,9 +272,14 @@ def engine_from_onnx(
     input_shape: Sequence[int],
     batch_profile: Sequence[int] | None = None,
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+    builder_optimization_level: int | None = None,
     calibration_data: BatchSource | None = None,
 ) -> EngineRecord:
     """Build a TensorRT engine from an ONNX file and write it, with its record, atomically.
+
+    The engine is built by the profilers' `build_engine` with `BuilderSettings(workspace_bytes,
+    builder_optimization_level)`: the configuration the `tensorrt` backend builds its table's engines
+    with, so pass the same settings as the table's backend (`hwdsa export` does).
 
     Args:
         onnx_path: the graph: FP32, or already FP16 (for "fp16") or Q/DQ (for "int8").
@@ -324,6 +288,7 @@ def engine_from_onnx(
         input_shape: the input's shape, batch first; its batch is the profile's optimum.
         batch_profile: (min, opt, max) batch sizes the engine accepts; default (1, batch, batch).
         workspace_bytes: the builder's workspace memory pool limit.
+        builder_optimization_level: TensorRT's builder optimisation level (0-5; None: TensorRT's default).
         calibration_data: for INT8 when the graph has no Q/DQ nodes: real input batches from which
             `qdq_onnx_from_onnx` makes `<engine stem>.qdq.onnx` beside the engine. (FP16 from an FP32
             graph needs no data: `<engine stem>.fp16.onnx` is made beside the engine.)
@@ -341,8 +306,7 @@ def engine_from_onnx(
     target = Path(engine_path)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}; got {precision!r}")
-    if int(workspace_bytes) < 1 << 20:
-        raise ConfigError(f"workspace_bytes must be >= 1 MiB; got {workspace_bytes}")
+    settings = BuilderSettings(workspace_bytes, builder_optimization_level)
     shape = tuple(int(s) for s in input_shape)
     if len(shape) < 2 or any(s < 1 for s in shape):
         raise ConfigError(f"input_shape must be batch-first with every dimension >= 1; got {tuple(input_shape)}")
@@ -360,9 +324,7 @@ def engine_from_onnx(
     if graph_precision == "fp16" and precision != "fp16":
         raise ConfigError(f"{source} is an FP16 graph; build it with precision='fp16', or pass the FP32 graph")
 
-    _import_tensorrt()
-    import tensorrt as trt
-
+    import_tensorrt()
     _require_cuda()
     if precision == "int8" and graph_precision != "int8":
         from hwdsa.export.quantize import qdq_onnx_from_onnx
@@ -372,76 +334,30 @@ def engine_from_onnx(
         from hwdsa.export.quantize import fp16_onnx_from_onnx
 
         source = fp16_onnx_from_onnx(source, target.with_name(f"{target.stem}.fp16.onnx"))
-    strongly_typed = True  # the precision is the graph's (see the module docstring)
-    logger = _trt_logger()
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(source)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT {trt.__version__} cannot parse {source}: {errors or 'no error recorded'}")
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)
-
-    profile = builder.create_optimization_profile()
-    profile_shapes: list[ProfileShape] = []
-    inputs: list[TensorSpec] = []
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        dims = _dims(tensor.shape)
-        inputs.append(TensorSpec(tensor.name, dims, str(tensor.dtype.name)))
-        if len(dims) != len(shape) or any(d not in (-1, s) for d, s in zip(dims[1:], shape[1:])):
-            raise ConfigError(f"input_shape {shape} does not match the graph's input {tensor.name} of shape {dims}")
-        if any(d == -1 for d in dims[1:]):
-            raise ConfigError(f"input {tensor.name} has dynamic dimensions {dims} other than the batch; export it with a fixed size")
-        if dims[0] == -1:
-            rest = list(dims[1:])
-            mn, opt, mx = ([b, *rest] for b in profile_batches)
-            profile.set_shape(tensor.name, trt.Dims(mn), trt.Dims(opt), trt.Dims(mx))
-            profile_shapes.append(ProfileShape(tensor.name, tuple(mn), tuple(opt), tuple(mx)))
-        else:
-            profile_shapes.append(ProfileShape(tensor.name, dims, dims, dims))
-    if any(s.min != s.max for s in profile_shapes):
-        config.add_optimization_profile(profile)
-    outputs = []
-    for i in range(network.num_outputs):
-        tensor = network.get_output(i)
-        outputs.append(TensorSpec(tensor.name, _dims(tensor.shape), str(tensor.dtype.name)))
-
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_time_s = time.perf_counter() - start
-    if serialized is None:
-        raise ExportError(
-            f"TensorRT {trt.__version__} could not build a {precision} engine from {source}: "
-            "see the TensorRT messages in the log (logger hwdsa.export.tensorrt)"
-        )
-    data = bytes(memoryview(serialized))
+    built = build_engine(source, precision=precision, settings=settings, profile_for=_batch_profile(shape, profile_batches))
     env = current_environment()
     record = EngineRecord(
         tensorrt_version=env["tensorrt_version"],
         device_name=env["device_name"],
         compute_capability=env["compute_capability"],
         precision=precision,
-        strongly_typed=strongly_typed,
-        inputs=tuple(inputs),
-        outputs=tuple(outputs),
-        profile=tuple(profile_shapes),
-        workspace_bytes=int(workspace_bytes),
-        build_time_s=build_time_s,
+        strongly_typed=True,  # build_engine's networks always are: the precision is the graph's
+        inputs=built.inputs,
+        outputs=built.outputs,
+        profile=built.profile,
+        workspace_bytes=settings.workspace_bytes,
+        build_time_s=built.build_time_s,
         onnx_path=os.fspath(source),
         onnx_sha256=sha256_file(source),
-        engine_sha256=hashlib.sha256(data).hexdigest(),
+        engine_sha256=hashlib.sha256(built.data).hexdigest(),
         hwdsa_version=__version__,
         built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        builder_optimization_level=settings.builder_optimization_level,
     )
     with atomic_path(target) as tmp:
-        tmp.write_bytes(data)
+        tmp.write_bytes(built.data)
         write_json_atomic(record_path(target), record.to_dict())
-    _log.info("built %s engine %s in %.1f s (%d bytes)", precision, target, build_time_s, len(data))
+    _log.info("built %s engine %s in %.1f s (%d bytes)", precision, target, built.build_time_s, len(built.data))
     return record
 
 
@@ -457,7 +373,7 @@ def engine_from_file(engine_path: str | os.PathLike[str]) -> trt.ICudaEngine:
         EngineMismatchError: no record, a corrupted file, or another TensorRT version or device.
         BackendUnavailableError: TensorRT or a CUDA device is missing.
     """
-    _import_tensorrt()
+    import_tensorrt()
     import tensorrt as trt
 
     path = Path(engine_path)
@@ -465,7 +381,7 @@ def engine_from_file(engine_path: str | os.PathLike[str]) -> trt.ICudaEngine:
         raise ConfigError(f"engine file {path} does not exist")
     data = path.read_bytes()
     check_engine_record(path, data=data, **current_environment())
-    runtime = trt.Runtime(_trt_logger())
+    runtime = trt.Runtime(trt_logger())
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise EngineMismatchError(f"TensorRT could not deserialize {path}; see the TensorRT messages in the log")
@@ -473,22 +389,9 @@ def engine_from_file(engine_path: str | os.PathLike[str]) -> trt.ICudaEngine:
 
 
 def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
-    import tensorrt as trt
-
-    table = {
-        trt.DataType.FLOAT: torch.float32,
-        trt.DataType.HALF: torch.float16,
-        trt.DataType.BF16: torch.bfloat16,
-        trt.DataType.INT8: torch.int8,
-        trt.DataType.UINT8: torch.uint8,
-        trt.DataType.INT32: torch.int32,
-        trt.DataType.INT64: torch.int64,
-        trt.DataType.BOOL: torch.bool,
-    }
-    try:
-        return table[dtype]
-    except KeyError:
-        raise ExportError(f"engine I/O tensors of type {dtype.name} are not supported by TrtRunner") from None
+    value = getattr(torch, dtype_name(dtype, reader="TrtRunner"))
+    assert isinstance(value, torch.dtype)
+    return value
 
 
 class TrtRunner:
@@ -499,7 +402,7 @@ class TrtRunner:
     """
 
     def __init__(self, engine: trt.ICudaEngine, *, name: str = "tensorrt") -> None:
-        _import_tensorrt()
+        import_tensorrt()
         import tensorrt as trt
 
         self.engine = engine
@@ -577,25 +480,18 @@ def time_engine(runner: TrtRunner, x: torch.Tensor, protocol: TimingProtocol | N
     """Latency of one engine execution on a fixed CUDA input, under hwdsa's one timing protocol.
 
     The inputs and outputs are bound once, and each sample times `inner` enqueued executions with
-    CUDA events; the profilers' `time_samples` applies the protocol (warm-up, repeats, re-measurement
-    of noisy samples), as `Backend.time_session` does for a device-timed layer in a latency table.
+    CUDA events (the profilers' `CudaEventSession`); `Backend.time_session` applies the protocol and
+    keeps the quietest of its rounds, the statistic of a latency table. (`hwdsa export` times the engine
+    file through the profilers' `tensorrt` backend instead, whose own CUDA-driver buffers need no torch.)
     """
+    from hwdsa.profilers.torch_cuda import CudaEventSession
+
     if len(runner.input_names) != 1:
         raise ConfigError(f"time_engine needs a single-input engine; this one has {runner.input_names}")
     outputs, keep_alive = runner.bind({runner.input_names[0]: x})  # bound once: a timed run is the engine only
-    event: Any = torch.cuda.Event  # untyped in torch's annotations
-    start, end = event(enable_timing=True), event(enable_timing=True)
-
-    def device_sample(inner: int) -> float:
-        start.record()
-        for _ in range(inner):
-            runner.enqueue()
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end)) / inner
-
-    runner.enqueue()  # one run outside the protocol: fails early, loads the kernels
-    torch.cuda.synchronize()
-    measured: Measurement = time_samples(device_sample, protocol)
+    session = CudaEventSession(runner.enqueue, torch.device("cuda", torch.cuda.current_device()))
+    session.run_once()  # one run outside the protocol: fails early, loads the kernels
+    session.synchronize()
+    measured = Backend.time_session(session, protocol)
     del outputs, keep_alive
     return measured

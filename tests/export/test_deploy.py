@@ -1,3 +1,4 @@
+# mypy: allow-subclassing-any
 """export_model end to end (ONNX + ONNX Runtime here), the report it writes, and its refusals."""
 
 from __future__ import annotations
@@ -204,3 +205,94 @@ def test_tensorrt_engines_are_built_verified_and_timed(
     names = {p.name for p in tmp_path.iterdir()}
     assert {f"model.{precision}.engine", f"model.{precision}.engine.json", "model.onnx", "report.json"} <= names
     assert not any(name.endswith(".tmp") for name in names)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which backend times what: the registry's traits, and the shipped engine timed by the tensorrt backend
+# --------------------------------------------------------------------------------------------------
+
+
+def test_onnxruntime_artefacts_are_timed_by_the_backend_whose_provider_trait_matches() -> None:
+    """`hwdsa export` asks the registry (`Backend.onnxruntime_provider`), so a third-party backend can time a provider."""
+    from hwdsa.export.deploy import _ort_timing_backend
+    from hwdsa.profilers import BACKENDS, register_backend
+    from hwdsa.profilers.backend import backend_for_provider
+    from hwdsa.profilers.torch_cpu import TorchCpuBackend
+
+    class FrobBackend(TorchCpuBackend):  # stands in for a third-party backend: it sets no trait
+        name = "test_frob_ort"
+
+    assert _ort_timing_backend("CPUExecutionProvider", 1).name == "onnxruntime"
+    assert backend_for_provider("CPUExecutionProvider") == "onnxruntime"
+    register_backend("test_frob_ort", FrobBackend)
+    try:
+        # the default trait: it times no provider
+        with pytest.raises(ConfigError, match=r"no profilers backend times ONNX Runtime's FrobExecutionProvider; use one of \["):
+            _ort_timing_backend("FrobExecutionProvider", None)
+        assert backend_for_provider("FrobExecutionProvider") is None
+        FrobBackend.onnxruntime_provider = "FrobExecutionProvider"  # set the trait: now it does
+        assert isinstance(_ort_timing_backend("FrobExecutionProvider", None), FrobBackend)
+        assert backend_for_provider("FrobExecutionProvider") == "test_frob_ort"
+    finally:
+        BACKENDS._entries.pop("test_frob_ort", None)
+
+
+def test_the_shipped_engine_is_built_with_the_timing_backends_settings_and_timed_by_its_measure(
+    digits_net: nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without TensorRT here, the builder and the GPU are stood in for; what is checked is the wiring: the
+    engine file export ships is the one the `tensorrt` backend's `measure_network` times (the table's
+    statistic, under the protocol given), built with that backend's `BuilderSettings`."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import hwdsa.export.tensorrt as export_trt
+    import hwdsa.profilers.tensorrt as profilers_trt
+    from hwdsa.profilers import Session
+    from hwdsa.profilers.backend import CallableSession
+    from hwdsa.profilers.tensorrt import TensorRTBackend
+
+    built: dict[str, object] = {}
+    timed: list[tuple[bytes, tuple[int, ...]]] = []
+
+    def fake_engine_from_onnx(onnx_path: Path, engine_path: Path, **kwargs: object) -> None:
+        built.update(kwargs, onnx_path=onnx_path)
+        Path(engine_path).write_bytes(b"serialized engine")
+
+    class FakeRunner:
+        name = "tensorrt[fp32]"
+
+        @classmethod
+        def from_file(cls, path: Path) -> FakeRunner:
+            return cls()
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                out: torch.Tensor = digits_net(x)
+            return out
+
+    @contextlib.contextmanager
+    def fake_engine_session(self: TensorRTBackend, data: bytes, *, input_shape: tuple[int, ...], source: str) -> Iterator[Session]:
+        timed.append((data, tuple(input_shape)))
+        yield CallableSession(lambda: None)
+
+    monkeypatch.setattr(profilers_trt, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(profilers_trt, "cuda_error_or_none", lambda: None)
+    monkeypatch.setattr(export_trt, "_require_cuda", lambda: None)
+    monkeypatch.setattr(export_trt, "engine_from_onnx", fake_engine_from_onnx)
+    monkeypatch.setattr(export_trt, "TrtRunner", FakeRunner)
+    monkeypatch.setattr(TensorRTBackend, "engine_session", fake_engine_session)
+    monkeypatch.setattr(TensorRTBackend, "device_description", lambda self: "Frob GPU (compute capability 9.0)")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    (report,) = export_model(
+        digits_net, tmp_path, formats=("tensorrt",), input_shape=(4, 1, 28, 28), protocol=FAST,
+        workspace_bytes=1 << 28, builder_optimization_level=5,
+    )
+    assert built["workspace_bytes"] == 1 << 28 and built["builder_optimization_level"] == 5
+    assert built["batch_profile"] == (1, 4, 4) and built["input_shape"] == (4, 1, 28, 28)
+    assert timed == [(b"serialized engine", (4, 1, 28, 28))]  # the shipped file, at the exported shape
+    assert report.timing_backend == "tensorrt" and report.device == "Frob GPU (compute capability 9.0)"
+    assert report.runner == "tensorrt[fp32]" and report.comparison is not None and report.comparison.passed
+    assert report.measured is not None and report.measured.median_ms > 0 and report.measured.repeats == FAST.repeats
+    assert Path(report.artefact_path) == tmp_path / "model.fp32.engine"

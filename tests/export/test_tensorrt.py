@@ -14,6 +14,7 @@ import sys
 import sysconfig
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -21,11 +22,11 @@ from torch import nn
 
 from hwdsa.errors import BackendUnavailableError, ConfigError, EngineMismatchError
 from hwdsa.export.onnx import onnx_from_module
+from hwdsa.profilers.tensorrt import import_tensorrt
 from hwdsa.export.tensorrt import (
     EngineRecord,
     ProfileShape,
     TensorSpec,
-    _import_tensorrt,
     check_engine_record,
     engine_from_file,
     engine_from_onnx,
@@ -42,12 +43,12 @@ requires_tensorrt = pytest.mark.skipif(
     not HAS_TENSORRT,
     reason="needs TensorRT >= 10 and a CUDA device (an importable `tensorrt` that is only tensorrt-stubs does not count)",
 )
-ENV = {"tensorrt_version": "10.13.0.35", "device_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
+ENV: dict[str, Any] = {"tensorrt_version": "10.13.0.35", "device_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
 
 
 def _tensorrt_runtime_installed() -> bool:
     try:
-        _import_tensorrt()
+        import_tensorrt()
     except BackendUnavailableError:
         return False
     return True
@@ -56,7 +57,8 @@ def _tensorrt_runtime_installed() -> bool:
 @pytest.fixture(scope="module")
 def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
-    return onnx_from_module(ConvBnRelu().eval(), tmp_path_factory.mktemp("trt") / "m.onnx", input_shape=(1, 1, 28, 28))
+    path: Path = onnx_from_module(ConvBnRelu().eval(), tmp_path_factory.mktemp("trt") / "m.onnx", input_shape=(1, 1, 28, 28))
+    return path
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,7 +69,7 @@ def small_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.skipif(_tensorrt_runtime_installed(), reason="TensorRT is installed here")
 def test_missing_tensorrt_says_how_to_install() -> None:
     with pytest.raises(BackendUnavailableError, match=r"TensorRT is not installed.*pip install 'tensorrt>=10'"):
-        _import_tensorrt()
+        import_tensorrt()
     assert not is_available()
 
 
@@ -82,7 +84,7 @@ def test_engine_functions_raise_backend_unavailable(small_onnx: Path, tmp_path: 
 
 def test_stub_only_tensorrt_is_not_mistaken_for_the_runtime() -> None:
     """tensorrt-stubs installs a `tensorrt/` folder of .pyi files: `import tensorrt` then yields an empty
-    namespace package, which `pytest.importorskip` accepts. `_import_tensorrt` must not."""
+    namespace package, which `pytest.importorskip` accepts. `import_tensorrt` must not."""
     try:
         import tensorrt
     except ImportError:
@@ -90,7 +92,7 @@ def test_stub_only_tensorrt_is_not_mistaken_for_the_runtime() -> None:
     if hasattr(tensorrt, "Builder"):
         pytest.skip("the real TensorRT is installed here")
     with pytest.raises(BackendUnavailableError, match=r"has no runtime \(only type stubs"):
-        _import_tensorrt()
+        import_tensorrt()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,7 +333,8 @@ def test_tensorrt_module_type_checks_against_the_stubs_and_wrong_calls_fail(tmp_
 
 @pytest.fixture(scope="module")
 def digits_onnx(digits_net: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return onnx_from_module(digits_net, tmp_path_factory.mktemp("trt-digits") / "digits.onnx", input_shape=(4, 1, 28, 28))
+    path: Path = onnx_from_module(digits_net, tmp_path_factory.mktemp("trt-digits") / "digits.onnx", input_shape=(4, 1, 28, 28))
+    return path
 
 
 @requires_tensorrt
@@ -404,3 +407,78 @@ def test_a_graph_of_another_precision_is_refused_before_tensorrt_is_needed(small
         with pytest.raises(ConfigError, match=r"h.onnx is an FP16 graph; build it with precision='fp16', or pass the FP32 graph"):
             engine_from_onnx(half, tmp_path / "m.engine", precision=precision, input_shape=(1, 1, 28, 28), calibration_data=torch.zeros(2, 1, 28, 28))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.onnx"]
+
+
+# --------------------------------------------------------------------------------------------------
+# One builder: export builds through the profilers' import guard, logger and builder configuration
+# --------------------------------------------------------------------------------------------------
+
+
+def test_export_uses_the_profilers_import_guard_logger_and_builder_settings() -> None:
+    import hwdsa.export.tensorrt as export_trt
+    import hwdsa.profilers.tensorrt as profilers_trt
+
+    assert export_trt.import_tensorrt is profilers_trt.import_tensorrt
+    assert export_trt.trt_logger is profilers_trt.trt_logger
+    assert vars(export_trt)["build_engine"] is profilers_trt.build_engine
+    assert export_trt.TensorSpec is profilers_trt.TensorSpec and export_trt.ProfileShape is profilers_trt.ProfileShape
+    assert export_trt.DEFAULT_WORKSPACE_BYTES == profilers_trt.DEFAULT_WORKSPACE_BYTES
+
+
+def test_a_bad_builder_optimization_level_is_a_config_error(small_onnx: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"builder_optimization_level must be in \[0, 5\] or None; got 9"):
+        engine_from_onnx(small_onnx, tmp_path / "m.engine", input_shape=(1, 1, 28, 28), builder_optimization_level=9)
+    assert not list(tmp_path.iterdir())
+
+
+def test_engine_from_onnx_builds_through_the_shared_builder(
+    small_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorRT stood in for: the settings and the dynamic-batch profile reach `build_engine`, and the record says so."""
+    import hwdsa.export.tensorrt as export_trt
+    from hwdsa.profilers.tensorrt import BuilderSettings, BuiltEngine, ProfilePolicy
+
+    calls: list[tuple[str, BuilderSettings]] = []
+
+    def fake_build(onnx_path: Path, *, precision: str, profile_for: ProfilePolicy, settings: BuilderSettings,
+                   device: int | None = None) -> BuiltEngine:
+        calls.append((precision, settings))
+        ranges = profile_for(0, "input", (-1, 1, 28, 28))
+        assert ranges is not None
+        return BuiltEngine(
+            data=b"plan", build_time_s=0.5, inputs=(TensorSpec("input", (-1, 1, 28, 28), "FLOAT"),),
+            outputs=(TensorSpec("output", (-1, 10), "FLOAT"),), profile=(ProfileShape("input", *ranges),),
+        )
+
+    monkeypatch.setattr(export_trt, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(export_trt, "_require_cuda", lambda: None)
+    monkeypatch.setattr(export_trt, "current_environment", lambda: dict(ENV))
+    monkeypatch.setattr(export_trt, "build_engine", fake_build)
+    engine = tmp_path / "m.engine"
+    record = engine_from_onnx(small_onnx, engine, input_shape=(2, 1, 28, 28), batch_profile=(1, 2, 8),
+                              workspace_bytes=1 << 26, builder_optimization_level=4)
+    assert calls == [("fp32", BuilderSettings(1 << 26, 4))]
+    assert record.profile == (ProfileShape("input", (1, 1, 28, 28), (2, 1, 28, 28), (8, 1, 28, 28)),)
+    assert record.builder_optimization_level == 4 and record.workspace_bytes == 1 << 26 and record.strongly_typed
+    assert read_engine_record(engine) == record and engine.read_bytes() == b"plan"
+
+
+def test_the_shipped_profile_policy() -> None:
+    from hwdsa.export.tensorrt import _batch_profile
+
+    policy = _batch_profile((4, 3, 8, 8), (1, 4, 16))
+    assert policy(0, "input", (-1, 3, 8, 8)) == ((1, 3, 8, 8), (4, 3, 8, 8), (16, 3, 8, 8))
+    assert policy(0, "input", (4, 3, 8, 8)) is None  # a static graph stays static
+    with pytest.raises(ConfigError, match=r"input_shape \(4, 3, 8, 8\) does not match the graph's input input of shape \(-1, 3, 9, 9\)"):
+        policy(0, "input", (-1, 3, 9, 9))
+    with pytest.raises(ConfigError, match=r"dynamic dimensions \(-1, 3, -1, 8\) other than the batch"):
+        policy(0, "input", (-1, 3, -1, 8))
+
+
+def test_records_written_before_the_optimization_level_was_recorded_still_read(tmp_path: Path) -> None:
+    engine = tmp_path / "m.engine"
+    written = _write_engine(engine, b"plan")
+    data = written.to_dict()
+    del data["builder_optimization_level"]
+    record_path(engine).write_text(json.dumps(data), encoding="utf-8")
+    assert read_engine_record(engine) == written and written.builder_optimization_level is None

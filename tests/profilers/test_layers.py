@@ -74,3 +74,25 @@ def test_torch_dtype() -> None:
     assert torch_dtype("fp16", "torch_cuda") is torch.float16
     with pytest.raises(ConfigError, match="cannot run precision 'int8' in PyTorch eager mode"):
         torch_dtype("int8", "torch_cuda")
+
+
+def test_layers_do_not_import_the_export_package() -> None:
+    """The dependency runs hwdsa.export -> hwdsa.profilers only: the graph builders live here, export re-exports them."""
+    import subprocess
+    import sys
+
+    from _profiler_helpers import REPO
+
+    code = (
+        "import sys, hwdsa.profilers.layers, hwdsa.profilers.tensorrt\n"
+        "print(sorted(m for m in sys.modules if m.startswith('hwdsa.export')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+    import hwdsa.export.onnx as export_onnx
+    import hwdsa.export.quantize as export_quantize
+    import hwdsa.profilers.layers as layers
+
+    assert export_onnx.onnx_from_module is layers.onnx_from_module and export_onnx.DEFAULT_OPSET == layers.DEFAULT_OPSET
+    assert vars(export_quantize)["qdq_graph"] is layers.qdq_graph
+

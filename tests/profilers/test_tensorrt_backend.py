@@ -1,3 +1,4 @@
+# mypy: allow-subclassing-any
 """TensorRT backend (profilers/tensorrt.py): runtime tests where TensorRT and a GPU exist, and a mypy --strict
 check against the installed `tensorrt-stubs` everywhere."""
 
@@ -115,3 +116,73 @@ def test_mypy_strict_against_tensorrt_stubs(tmp_path: Path) -> None:
     assert [e for e in errors if "profilers/tensorrt.py" in e] == [], proc.stdout
     # the stubs are really in effect: a misspelt TensorRT attribute is caught
     assert len(errors) == 1 and "probe.py" in errors[0] and "NOT_A_FLAG" in errors[0], proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# The one builder configuration, and engine files timed as they are (no TensorRT needed)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_builder_settings_are_checked_and_shared_by_the_backend() -> None:
+    from hwdsa.errors import ConfigError
+    from hwdsa.profilers.tensorrt import BuilderSettings, TensorRTBackend
+
+    assert BuilderSettings() == BuilderSettings(1 << 30, None)
+    with pytest.raises(ConfigError, match=r"workspace_bytes must be >= 1 MiB; got 1024"):
+        BuilderSettings(1024)
+    with pytest.raises(ConfigError, match=r"builder_optimization_level must be in \[0, 5\] or None; got 6"):
+        TensorRTBackend(builder_optimization_level=6)
+    be = TensorRTBackend(workspace_bytes=1 << 28, builder_optimization_level=2)
+    assert be.builder_settings == BuilderSettings(1 << 28, 2)
+    assert be.options() == {"device": 0, "workspace_bytes": 1 << 28, "builder_optimization_level": 2}
+    assert be.stepped_latency and be.onnxruntime_provider is None
+
+
+def test_static_profile_fixes_the_first_inputs_dynamic_dimensions() -> None:
+    from hwdsa.errors import ConfigError
+    from hwdsa.profilers.tensorrt import static_profile
+
+    policy = static_profile("layer.onnx", (2, 8, 4, 4))
+    assert policy(0, "input", (-1, 8, 4, 4)) == ((2, 8, 4, 4),) * 3
+    assert policy(1, "other", (3,)) is None
+    with pytest.raises(ConfigError, match=r"layer.onnx: input other has dynamic dimensions \(-1, 3\); pass input_shape"):
+        policy(1, "other", (-1, 3))
+    with pytest.raises(ConfigError, match="pass input_shape"):
+        static_profile("layer.onnx", None)(0, "input", (-1, 8, 4, 4))
+
+
+def test_an_engine_file_is_timed_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`measure_network(engine_path, ...)` deserializes the file itself (what `hwdsa export` ships) instead of
+    building from ONNX; the base class's protocol and statistic time it."""
+    import contextlib
+    from collections.abc import Iterator
+
+    from hwdsa.errors import ConfigError
+    from hwdsa.profilers import Session
+    from hwdsa.profilers.tensorrt import TensorRTBackend
+
+    seen: list[tuple[bytes, tuple[int, ...], str]] = []
+
+    class _Constant(Session):
+        has_device_timer = True
+
+        def run_once(self) -> None:
+            pass
+
+        def device_sample(self, inner: int) -> float:
+            return 0.5
+
+    @contextlib.contextmanager
+    def engine_session(self: TensorRTBackend, data: bytes, *, input_shape: tuple[int, ...], source: str) -> Iterator[Session]:
+        seen.append((data, tuple(input_shape), source))
+        yield _Constant()
+
+    monkeypatch.setattr(TensorRTBackend, "engine_session", engine_session)
+    monkeypatch.setattr(TensorRTBackend, "onnx_session", lambda *a, **k: pytest.fail("an engine file must not be rebuilt"))
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"plan")
+    m = TensorRTBackend().measure_network(engine, (4, 3, 8, 8), LIGHT, precision="fp16")
+    check_measurement(m)
+    assert m.median_ms == 0.5 and seen == [(b"plan", (4, 3, 8, 8), str(engine))]
+    with pytest.raises(ConfigError, match=r"engine file .*absent.engine does not exist"):
+        TensorRTBackend().measure_network(tmp_path / "absent.engine", (4, 3, 8, 8), LIGHT)

@@ -229,7 +229,7 @@ def out_dir(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", nargs="+", default=None, help="calibrated tables (default: the packaged lut/tables/cpu-*.csv)")
+    p.add_argument("--tables", nargs="+", default=None, help="calibrated tables (default: the packaged hwdsa/lut/tables/cpu-*.csv)")
     p.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     p.add_argument("--data-root", default="../shared/data/cifar10")

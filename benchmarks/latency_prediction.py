@@ -171,7 +171,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tables", nargs="+", default=None, help="calibrated tables (default: the packaged lut/tables/cpu-*.csv)")
+    p.add_argument("--tables", nargs="+", default=None, help="calibrated tables (default: the packaged hwdsa/lut/tables/cpu-*.csv)")
     p.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
     p.add_argument("--networks", type=int, default=60, help="random networks per backend and model (not used for calibration)")
     p.add_argument("--seed", type=int, default=1000, help="seed of the test networks (the calibration networks use `hwdsa fit`'s seed, 0)")

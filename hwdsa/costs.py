@@ -166,7 +166,7 @@ class QuadraticCost:
 
 def _segment_terms(layer: LayerNode) -> tuple[list[int | None], float]:
     """Groups feeding a layer's input, and the number of fixed input channels."""
-    groups = [s.group for s in layer.in_segments if s.group is not None]
+    groups: list[int | None] = [s.group for s in layer.in_segments if s.group is not None]
     fixed = float(sum(s.channels for s in layer.in_segments if s.group is None))
     return groups, fixed
 

@@ -43,7 +43,7 @@ def test_folders_are_mapped_into_the_namespace_not_top_level(tmp_path: Path) -> 
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path, timeout=120)
     lut_file, profilers_file, top_level = out.stdout.strip().splitlines()
-    assert Path(lut_file).parent == REPO / "lut" and Path(profilers_file).parent == REPO / "profilers"
+    assert Path(lut_file).parent == REPO / "hwdsa" / "lut" and Path(profilers_file).parent == REPO / "hwdsa" / "profilers"
     assert top_level == "None"  # no generic top-level name of ours in site-packages (a PyPI `lut` exists)
 
 

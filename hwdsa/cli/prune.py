@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from hwdsa.cli._common import format_table, parse_fraction, parse_latency, read_config_file
 from hwdsa.training import TrainConfig
+
+if TYPE_CHECKING:
+    from hwdsa.flows import PruneJobConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
 
 
-def config_from_args(args: argparse.Namespace):  # -> PruneJobConfig
+def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
     from hwdsa.flows import BudgetSpec, PruneJobConfig
 
     base = PruneJobConfig.from_dict(read_config_file(args.config)) if args.config else PruneJobConfig()

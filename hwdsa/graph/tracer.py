@@ -632,7 +632,7 @@ def trace_channel_graph(model: nn.Module, input_shape: Sequence[int]) -> Channel
     for name, element in tracer.norms:
         mod = tracer.modules[name]
         g = group_of(element) if element >= 0 else None
-        norms.append(NormNode(name, g, int(mod.num_features), bool(mod.affine)))  # type: ignore[arg-type]
+        norms.append(NormNode(name, g, int(mod.num_features), bool(mod.affine)))
         if g is not None:
             norm_names[g].append(name)
             if name not in sites[g]:

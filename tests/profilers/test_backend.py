@@ -238,8 +238,7 @@ def test_third_party_backend_from_entry_point(tmp_path: Path) -> None:
     "module", ["hwdsa.profilers", "hwdsa.profilers.backend", "hwdsa.profilers.runner", "hwdsa.profilers.specs"]
 )
 def test_docstring_examples_run(module: str) -> None:
-    """The `Example:` blocks run, imported under their installed names (pytest's --doctest-modules would
-    import `profilers/` a second time as a top-level package, which the path-mapped layout does not support)."""
+    """The `Example:` blocks run."""
     import doctest
     import importlib
 

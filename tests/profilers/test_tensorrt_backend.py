@@ -109,11 +109,11 @@ def test_mypy_strict_against_tensorrt_stubs(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(config), "profilers/tensorrt.py", str(probe)],
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "hwdsa/profilers/tensorrt.py", str(probe)],
         cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     errors = [line for line in proc.stdout.splitlines() if ": error:" in line]
-    assert [e for e in errors if "profilers/tensorrt.py" in e] == [], proc.stdout
+    assert [e for e in errors if "hwdsa/profilers/tensorrt.py" in e] == [], proc.stdout
     # the stubs are really in effect: a misspelt TensorRT attribute is caught
     assert len(errors) == 1 and "probe.py" in errors[0] and "NOT_A_FLAG" in errors[0], proc.stdout
 

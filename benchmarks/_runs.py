@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hwdsa._io import write_json_atomic
-from hwdsa.flows import PruneJob, PruneJobConfig
+from hwdsa.job import PruneJob, PruneJobConfig
 
 _log = logging.getLogger("benchmarks.runs")
 
@@ -37,7 +37,7 @@ def cached_run(name: str, cfg: PruneJobConfig, results: Path, work: Path, meta: 
         _log.info("done before: %s", path)
         return dict(json.loads(path.read_text())["report"])
     _log.info("running %s", name)
-    report = PruneJob(cfg, work / f"{name}-{run_key(cfg)}").run(resume=True)
+    report = PruneJob(cfg, work / f"{name}-{run_key(cfg)}").run(resume=True).to_dict()
     config = cfg.to_dict()
     config["data_root"] = None
     write_json_atomic(path, {"name": name, "key": run_key(cfg), "meta": meta or {}, "config": config, "report": report})

@@ -34,10 +34,10 @@ from typing import Any
 import torch
 
 from hwdsa._io import atomic_path, write_json_atomic, write_text_atomic
-from hwdsa.costs import Budget, FlopsCost
+from hwdsa.costs import Budget, FlopsCost, uniform_keep_ratio
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
-from hwdsa.flows import BudgetSpec, PruneJobConfig, uniform_keep_ratio
+from hwdsa.job import BudgetSpec, PruneJobConfig
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
 from hwdsa.training import TrainConfig

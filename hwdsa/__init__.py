@@ -33,9 +33,9 @@ _LAZY: dict[str, str] = {
     "SearchConfig": "hwdsa.dsa.search",
     "SearchResult": "hwdsa.dsa.search",
     "AdmmConfig": "hwdsa.dsa.allocator",
-    "PruneJob": "hwdsa.flows",
-    "PruneJobConfig": "hwdsa.flows",
-    "BudgetSpec": "hwdsa.flows",
+    "PruneJob": "hwdsa.job",
+    "PruneJobConfig": "hwdsa.job",
+    "BudgetSpec": "hwdsa.job",
     # models and data
     "create_model": "hwdsa.models",
     "list_models": "hwdsa.models",

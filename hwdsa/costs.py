@@ -6,13 +6,14 @@ FlopsCost and ParamsCost implement the `CostModel` protocol that the latency cos
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
+from hwdsa._registry import Registry
 from hwdsa.errors import ConfigError, KeepRatioError
 from hwdsa.graph.structure import ChannelGraph, LayerNode
 
@@ -221,3 +222,36 @@ class ParamsCost(QuadraticCost):
             if norm.affine:
                 self._add_linear(2.0, norm.group, float(norm.channels))
         self._add_const(float(graph.fixed_params))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the costs a budget may be stated in, by name
+# ---------------------------------------------------------------------------------------------------------
+CostBuilder = Callable[..., CostModel]
+COSTS: Registry[CostBuilder] = Registry("cost")
+COSTS.register("flops", "hwdsa.costs:FlopsCost", description="multiply-accumulates of every convolution and linear layer")
+COSTS.register("params", "hwdsa.costs:ParamsCost", description="weights and biases of every layer")
+COSTS.register(
+    "latency", "hwdsa.lut.cost_model:latency_cost_from_table", description="milliseconds on a device, from its lookup table"
+)
+
+
+def build_cost(name: str, graph: ChannelGraph, **options: Any) -> CostModel:
+    """The cost model registered as `name` for this graph (`COSTS.names()`); `options` go to its builder
+    (a latency cost takes `latency_table`, the table's path)."""
+    return COSTS.get(name)(graph, **options)
+
+
+def uniform_keep_ratio(budget: Budget, n_groups: int, lower: float = 1e-3) -> float:
+    """The one keep ratio that, given to every group, meets `budget` exactly (bisection; cost is monotone)."""
+    lo, hi = lower, 1.0
+    if float(budget.cost(torch.full((n_groups,), hi, dtype=torch.float64))) <= budget.limit:
+        return 1.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if float(budget.cost(torch.full((n_groups,), mid, dtype=torch.float64))) <= budget.limit:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+

@@ -20,7 +20,7 @@ import torch
 from hwdsa.cli import main
 from hwdsa.counting import count_flops
 from hwdsa.data import load_dataset, make_loader
-from hwdsa.flows import PruneJobConfig
+from hwdsa.job import PruneJobConfig
 from hwdsa.surgery import load_pruned
 from hwdsa.training import evaluate
 
@@ -72,7 +72,7 @@ class TestPretrainedFlow:
         budget = report["budgets"]["flops"]
         assert budget["fraction_of_dense"] == pytest.approx(0.5)
         assert report["pruned"]["flops"] <= budget["limit"]
-        assert budget["achieved"] == pytest.approx(report["pruned"]["flops"])
+        assert budget["value"] == pytest.approx(report["pruned"]["flops"])
         assert report["pruned"]["flops_fraction"] > 0.4, "the allocation uses its budget"
 
     def test_allocation_csv_matches_the_report(self, pretrained: tuple[Path, dict[str, Any], str]) -> None:
@@ -111,7 +111,7 @@ def test_from_scratch_under_two_budgets_with_json_output(tmp_path: Path, capsys:
     assert report["flow"] == "from_scratch"
     assert report["dense"]["accuracy"] is None and "pretrain_s" not in report["timings"]
     for name in ("flops", "params"):
-        assert report["budgets"][name]["achieved"] <= report["budgets"][name]["limit"]
+        assert report["budgets"][name]["value"] <= report["budgets"][name]["limit"]
     assert report["pruned"]["params_fraction"] <= 0.4 and report["pruned"]["flops_fraction"] <= 0.5
     model, _ = load_pruned(out / "pruned.pt")
     assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
@@ -141,11 +141,11 @@ def test_a_killed_job_resumes_to_the_same_result(
 ) -> None:
     """Kill the job as an epoch of one phase starts (after earlier epochs were checkpointed), rerun with --resume."""
     import hwdsa.dsa.search
-    import hwdsa.flows
+    import hwdsa.job.run
 
     argv = ["-q", "prune", *PRETRAINED]
 
-    real_epoch, real_tqdm = getattr(hwdsa.flows, "train_epoch"), getattr(hwdsa.dsa.search, "tqdm")  # noqa: B009
+    real_epoch, real_tqdm = getattr(hwdsa.job.run, "train_epoch"), getattr(hwdsa.dsa.search, "tqdm")  # noqa: B009
 
     def killing_epoch(*args: Any, desc: str = "", **kwargs: Any) -> float:
         if desc == kill_at:
@@ -157,7 +157,7 @@ def test_a_killed_job_resumes_to_the_same_result(
             raise KeyboardInterrupt
         return real_tqdm(*args, desc=desc, **kwargs)
 
-    monkeypatch.setattr(hwdsa.flows, "train_epoch", killing_epoch)
+    monkeypatch.setattr(hwdsa.job.run, "train_epoch", killing_epoch)
     monkeypatch.setattr(hwdsa.dsa.search, "tqdm", killing_tqdm)
     out = tmp_path / "killed"
     assert main([*argv, "--out", str(out)]) == 1
@@ -179,7 +179,7 @@ def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path)
     """The uniform baseline (`fixed_keep_ratios`) prunes every group at its ratio, not re-allocated to fill the budget."""
     from dataclasses import replace
 
-    from hwdsa.flows import BudgetSpec, PruneJob
+    from hwdsa.job import BudgetSpec, PruneJob
 
     base = PruneJobConfig()
     cfg = replace(
@@ -196,7 +196,7 @@ def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path)
     with (tmp_path / "run" / "allocation.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["kept"]) for r in rows] == [max(1, round(0.5 * int(r["channels"]))) for r in rows]
-    assert report["pruned"]["flops_fraction"] < 0.5
+    assert report.pruned.flops_fraction < 0.5
 
 
 def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -237,7 +237,7 @@ def test_resume_under_a_changed_budget_reruns_the_search_and_meets_the_new_budge
     out = tmp_path / "run"
     shutil.copytree(pretrained[0], out)
     flags = [f for f in PRETRAINED if f not in ("--flops", "0.5")]
-    with caplog.at_level("INFO", logger="hwdsa.flows"):
+    with caplog.at_level("INFO", logger="hwdsa.job"):
         assert main(["prune", *flags, "--flops", "0.3", "--out", str(out), "--resume"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["budgets"]["flops"]["fraction_of_dense"] == pytest.approx(0.3)
@@ -257,13 +257,47 @@ def test_resume_with_other_data_reruns_the_pretraining(
     out = tmp_path / "run"
     shutil.copytree(pretrained[0], out)
     flags = [("20" if f == "30" else f) for f in PRETRAINED]  # --subset-per-class 20: another training set
-    with caplog.at_level("INFO", logger="hwdsa.flows"):
+    with caplog.at_level("INFO", logger="hwdsa.job"):
         assert main(["prune", *flags, "--out", str(out), "--resume"]) == 0
     assert re.search(r"rerunning the pretrain phase \(changed: subset_per_class\)", caplog.text), caplog.text
     assert json.loads((out / "report.json").read_text())["timings"]["pretrain_s"] > 0
 
 
 def test_a_budget_the_dense_network_meets_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="hwdsa.flows"):
+    with caplog.at_level("WARNING", logger="hwdsa.job"):
         assert main(["-q", "prune", *TINY, "--from-scratch", "--flops", "1.0", "--out", str(tmp_path / "run")]) == 0
     assert "the dense network already meets it" in caplog.text
+
+
+def test_one_network_for_two_devices_with_a_latency_budget_each(tmp_path: Path) -> None:
+    """--latency A --latency-table TA --latency B --latency-table TB: both budgets met, each priced by its table."""
+    from hwdsa.lut.grid import GridConfig
+    from hwdsa.lut.network import profile_network
+    from hwdsa.models import create_model
+    from hwdsa.profilers import TimingProtocol
+
+    tables = {}
+    for backend in ("onnxruntime", "torch_cpu"):
+        tables[backend] = tmp_path / f"{backend}.csv"
+        profile_network(
+            create_model("small_cnn", in_channels=1), (1, 28, 28), backend, tables[backend], grid=GridConfig("cpu", cpu_points=3),
+            protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
+        )  # fmt: skip
+    out = tmp_path / "run"
+    argv = [
+        "-q", "prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(tables["onnxruntime"]),
+        "--latency", "0.7", "--latency-table", str(tables["torch_cpu"]), "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    budgets = json.loads((out / "report.json").read_text())["budgets"]
+    assert set(budgets) == {"latency@onnxruntime", "latency@torch_cpu"}
+    for name, backend, fraction in (("latency@onnxruntime", "onnxruntime", 0.8), ("latency@torch_cpu", "torch_cpu", 0.7)):
+        assert budgets[name]["fraction_of_dense"] == pytest.approx(fraction)
+        assert budgets[name]["value"] <= budgets[name]["limit"] * (1 + 1e-9)
+        assert budgets[name]["value_kind"] == "predicted" and budgets[name]["table"] == str(tables[backend].resolve())
+
+
+def test_latency_budgets_and_tables_must_pair_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["prune", *TINY, "--latency", "0.5", "--latency", "0.6", "--latency-table", "a.csv", "--out", str(tmp_path / "run")]
+    assert main(argv) == 2
+    assert "several --latency budgets need one --latency-table each" in capsys.readouterr().err

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hwdsa.cli._common import format_table, parse_fraction, parse_latency, read_config_file
+from hwdsa.errors import ConfigError
 from hwdsa.training import TrainConfig
 
 if TYPE_CHECKING:
-    from hwdsa.flows import PruneJobConfig
+    from hwdsa.job import PruneJobConfig
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,8 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", help="folder of the data set (cifar10, fashion_mnist, imagefolder)")
     p.add_argument("--flops", help="FLOPs budget as a fraction of the dense model's, e.g. 0.5")
     p.add_argument("--params", help="parameter budget as a fraction of the dense model's, e.g. 0.4")
-    p.add_argument("--latency", help="latency budget: a fraction of the dense model's (0.5) or a time (2.5ms)")
-    p.add_argument("--latency-table", help="lookup table (CSV from `hwdsa profile`) for --latency")
+    p.add_argument(
+        "--latency", action="append",
+        help="latency budget: a fraction of the dense model's (0.5) or a time (2.5ms); repeat it, each with its "
+        "--latency-table, to prune one network for several devices",
+    )  # fmt: skip
+    p.add_argument(
+        "--latency-table", action="append",
+        help="lookup table (CSV from `hwdsa profile`) for --latency; the i-th table prices the i-th --latency",
+    )  # fmt: skip
     p.add_argument("--latency-backend", help="no table yet: profile and calibrate this backend (e.g. onnxruntime) first")
     p.add_argument(
         "--verify-latency", action="store_true", default=None,
@@ -50,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
-    from hwdsa.flows import BudgetSpec, PruneJobConfig
+    from hwdsa.job import BudgetSpec, PruneJobConfig
 
     base = PruneJobConfig.from_dict(read_config_file(args.config)) if args.config else PruneJobConfig()
     budgets = []
@@ -58,9 +66,18 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
         budgets.append(BudgetSpec("flops", fraction=parse_fraction(args.flops, "--flops")))
     if args.params is not None:
         budgets.append(BudgetSpec("params", fraction=parse_fraction(args.params, "--params")))
-    if args.latency is not None:
-        fraction, ms = parse_latency(args.latency)
-        budgets.append(BudgetSpec("latency", fraction=fraction, absolute=ms))
+    latencies, tables = args.latency or [], args.latency_table or []
+    if len(tables) > 1 and len(tables) != len(latencies):
+        raise ConfigError(
+            f"{len(latencies)} --latency budget(s) and {len(tables)} --latency-table(s): give one table per budget, in order "
+            "(--latency 0.5 --latency-table A.csv --latency 0.6 --latency-table B.csv)"
+        )
+    if len(latencies) > 1 and len(tables) < len(latencies):
+        raise ConfigError("several --latency budgets need one --latency-table each, in the same order")
+    for i, text in enumerate(latencies):
+        fraction, ms = parse_latency(text)
+        table = tables[i] if len(tables) > 1 else None
+        budgets.append(BudgetSpec("latency", fraction=fraction, absolute=ms, table=table))
     changes = {
         k: v
         for k, v in {
@@ -74,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
             "round_to": args.round_to,
             "seed": args.seed,
             "device": args.device,
-            "latency_table": args.latency_table,
+            "latency_table": tables[0] if len(tables) == 1 else None,
             "latency_backend": args.latency_backend,
             "verify_latency": args.verify_latency,
             "verify_margin": args.verify_margin,
@@ -91,32 +108,32 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
 
 def run(args: argparse.Namespace) -> int:
     from hwdsa.distributed import is_main_process
-    from hwdsa.flows import PruneJob
+    from hwdsa.job import PruneJob
 
     config = config_from_args(args)
     report = PruneJob(config, args.out).run(resume=args.resume)
     if not is_main_process():
         return 0
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
         return 0
-    d, p = report["dense"], report["pruned"]
-    rows = [
-        ["top-1 accuracy", d["accuracy"], p["accuracy"], None if d["accuracy"] is None else p["accuracy"] - d["accuracy"]],
-        ["FLOPs (MACs)", d["flops"], p["flops"], p["flops_fraction"]],
-        ["parameters", d["params"], p["params"], p["params_fraction"]],
+    d, p = report.dense, report.pruned
+    rows: list[list[Any]] = [
+        ["top-1 accuracy", d.accuracy, p.accuracy, None if d.accuracy is None else p.accuracy - d.accuracy],
+        ["FLOPs (MACs)", d.flops, p.flops, p.flops_fraction],
+        ["parameters", d.params, p.params, p.params_fraction],
     ]
-    if "latency" in report["budgets"]:  # predicted by the calibrated table
-        lat = report["budgets"]["latency"]
-        dense_ms = lat["limit"] / lat["fraction_of_dense"]
-        rows.append(["latency (ms, table)", dense_ms, lat["achieved"], lat["achieved"] / dense_ms])
-    if "latency_check" in report:  # timed on the device
-        chk = report["latency_check"]
+    if "latency" in report.budgets:  # predicted by the calibrated table
+        lat = report.budgets["latency"]
+        dense_ms = lat.limit / lat.fraction_of_dense
+        rows.append(["latency (ms, table)", dense_ms, lat.value, lat.value / dense_ms])
+    if report.latency_check is not None:  # timed on the device
+        chk = report.latency_check
         rows.append(["latency (ms, measured)", chk["dense_measured_ms"], chk["measured_ms"], chk["measured_ms"] / chk["dense_measured_ms"]])
     print(f"\n{config.model} on {config.dataset}, budgets: "
-          + ", ".join(f"{k} ≤ {v['fraction_of_dense']:.0%} of dense" for k, v in report["budgets"].items()))
+          + ", ".join(f"{k} ≤ {v.fraction_of_dense:.0%} of dense" for k, v in report.budgets.items()))
     print(format_table(rows, ["", "dense", "pruned", "change / fraction"]))
-    t = report["timings"]
+    t = report.timings
     print("time: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k.endswith("_s")) + " (seconds)")
     print(f"outputs in {args.out}/: pruned.pt, allocation.csv, report.json, config.json")
     return 0

@@ -12,7 +12,6 @@ no latency budget. `latency_targets_from_run` reads them from a `hwdsa prune` ou
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -23,10 +22,6 @@ from typing import Any, Protocol
 from hwdsa.errors import ConfigError, HwdsaError
 
 _log = logging.getLogger(__name__)
-
-#: Where `hwdsa prune --latency-backend NAME` profiles its table, inside the run folder.
-RUN_TABLE_NAME = "latency_table.csv"
-
 
 class PlanLike(Protocol):
     """What the prediction reads from a `hwdsa.surgery.PruningPlan` (kept structural, so this module, and
@@ -154,16 +149,11 @@ class LatencyTargets:
         return data
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_report(path: Path) -> Any:
+    """The run's typed report (`hwdsa.job.PruneReport`), or None when the folder has none."""
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}; is this a `hwdsa prune` output folder?") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a JSON object; is this a `hwdsa prune` output folder?")
-    return data
+    return importlib.import_module("hwdsa.job.report").PruneReport.read(path)
 
 
 def _table_conditions(path: Path) -> tuple[Any, Conditions]:
@@ -207,30 +197,28 @@ def latency_targets_from_run(
     *,
     latency_table: str | os.PathLike[str] | None = None,
 ) -> LatencyTargets:
-    """The prediction and budget of a `hwdsa prune` output folder's pruned network.
+    """The prediction and budget of a `hwdsa prune` output folder's pruned network, from its `report.json`.
 
-    The prediction prices the plan's channel counts with `LatencyCost.fit(table, dense graph).exact`,
-    using `latency_table` when given, else the table the run was pruned with (`config.json`'s
-    `latency_table`, or `latency_table.csv` that `--latency-backend` profiled into the run folder). The
-    budget is the run's latency budget (`report.json`). Whatever is missing (no table, no latency
-    budget, a table that is gone or does not cover the network) leaves that number absent with a note
+    The budget is the run's latency budget, and the prediction the price the job itself gave the pruned
+    channels with its table (`PruneReport.budgets["latency"].value`). With `latency_table` the plan's
+    channel counts are priced anew with that table (`LatencyCost.fit(table, dense graph).exact`).
+    Whatever is missing (no latency budget, a table that is gone) leaves that number absent with a note
     saying why; only an explicitly passed table that cannot be used is an error.
 
     Raises:
-        ConfigError: `latency_table` is given but missing or unusable, or the run's JSON is unreadable.
+        ConfigError: `latency_table` is given but missing or unusable, or the run's report is unreadable.
     """
     run = Path(run_dir)
-    report = _read_json(run / "report.json")
-    config = _read_json(run / "config.json") or {}
-    budgets: dict[str, Any] = dict(report.get("budgets") or {}) if report is not None else {}
+    report = _read_report(run / "report.json")
+    budgets = {name: asdict(b) for name, b in report.budgets.items()} if report is not None else {}
+    latency_budget = report.budgets.get("latency") if report is not None else None
 
+    # The run's table: where the job read it, or beside the report when the folder was moved.
     run_table: Path | None = None
     run_table_note: str | None = None
-    named = config.get("latency_table")
-    if not named and (run / RUN_TABLE_NAME).is_file():
-        named = os.fspath(run / RUN_TABLE_NAME)  # profiled into the run folder (`hwdsa prune --latency-backend`)
+    named = latency_budget.table if latency_budget is not None else None
     if named:
-        candidates = [Path(named)] if Path(named).is_absolute() else [Path(named), run / named]
+        candidates = [Path(named), run / Path(named).name]
         run_table = next((c for c in candidates if c.is_file()), None)
         if run_table is None:
             run_table_note = f"the run's latency table {named} is not found here"
@@ -239,18 +227,12 @@ def latency_targets_from_run(
     budget_ms: float | None = None
     budget_conditions: Conditions | None = None
     budget_note: str | None = None
-    latency_budget = budgets.get("latency")
     if report is None:
         budget_note = f"{run / 'report.json'} is missing, so the run's budget is unknown"
-    elif not isinstance(latency_budget, Mapping):
+    elif latency_budget is None:
         budget_note = f"the run has no latency budget (its budgets: {_describe_budgets(budgets)})"
     else:
-        try:
-            budget_ms = float(latency_budget["limit"])
-        except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{run / 'report.json'}: budgets.latency has no numeric 'limit'") from None
-        if latency_budget.get("unit", "ms") != "ms" or not budget_ms > 0:
-            raise ConfigError(f"{run / 'report.json'}: the latency budget {latency_budget} is not a positive time in ms")
+        budget_ms = float(latency_budget.limit)
         if run_table is not None:
             try:
                 budget_conditions = _table_conditions(run_table)[1]
@@ -276,15 +258,20 @@ def latency_targets_from_run(
     else:
         try:
             table, prediction_conditions = _table_conditions(table_path)
-            predicted = _predict(table, plan)
+            if explicit or latency_budget is None:
+                predicted = _predict(table, plan)
+                prediction_note = f"LatencyCost.exact(channels) from {table_path}"
+            else:
+                predicted = float(latency_budget.value)
+                prediction_note = f"the job's price of its channels with {table_path} (report.json)"
         except HwdsaError as exc:
             if explicit:
                 raise ConfigError(f"latency table {table_path} cannot predict this network: {exc}") from exc
             _log.warning("no latency prediction from %s: %s", table_path, exc)
             prediction_conditions = None
+            predicted = None
             prediction_note = f"the latency table {table_path} cannot predict this network: {exc}"
         else:
-            prediction_note = f"LatencyCost.exact(channels) from {table_path}"
             options = table.meta.extra.get("backend_options")
             table_options = dict(options) if isinstance(options, Mapping) else {}
     return LatencyTargets(

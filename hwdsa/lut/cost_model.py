@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -508,3 +509,16 @@ def _expected_weights(mu: Tensor, sigma: Tensor, sigma_max: float, lo: int, hi: 
 
 
 __all__ = ["DEFAULT_STD", "LatencyCost", "LayerLatency"]
+
+
+def latency_cost_from_table(graph: ChannelGraph, latency_table: str | os.PathLike[str] | None = None) -> LatencyCost:
+    """The latency cost of `graph` from the table at `latency_table` (the `COSTS` registry's "latency")."""
+    from hwdsa.lut.table import LatencyTable
+
+    if latency_table is None:
+        raise ConfigError(
+            "a latency budget needs a lookup table: pass --latency-table TABLE.csv (see `hwdsa profile`), "
+            "or --latency-backend NAME to profile this device first"
+        )
+    return LatencyCost.fit(LatencyTable.read(latency_table), graph)
+

@@ -54,7 +54,7 @@ def test_bad_targets_are_refused(kwargs: dict[str, object], match: str) -> None:
 def test_a_runs_targets_are_its_table_and_budget(tiny_run: Path) -> None:
     targets = latency_targets_from_run(tiny_run, _plan(tiny_run))
     budget = json.loads((tiny_run / "report.json").read_text())["budgets"]["latency"]
-    assert targets.predicted_latency_ms == pytest.approx(budget["achieved"], rel=1e-9)
+    assert targets.predicted_latency_ms == pytest.approx(budget["value"], rel=1e-9)
     assert targets.budget_latency_ms == pytest.approx(budget["limit"])
     assert targets.prediction_conditions == targets.budget_conditions
     assert targets.prediction_conditions is not None and targets.prediction_conditions.backend == "onnxruntime"
@@ -64,16 +64,18 @@ def test_a_runs_targets_are_its_table_and_budget(tiny_run: Path) -> None:
 def test_a_missing_table_or_report_leaves_notes(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    config = json.loads((run / "config.json").read_text())
-    (run / "config.json").write_text(json.dumps({**config, "latency_table": str(tmp_path / "gone.csv")}))
+    report = json.loads((run / "report.json").read_text())
+    table = report["budgets"]["latency"]["table"]
+    report["budgets"]["latency"]["table"] = str(tmp_path / "gone.csv")
+    (run / "report.json").write_text(json.dumps(report))
     targets = latency_targets_from_run(run, _plan(run))
     assert targets.predicted_latency_ms is None
     assert targets.prediction_note == f"the run's latency table {tmp_path / 'gone.csv'} is not found here; pass --latency-table (latency_table=)"
     assert targets.budget_latency_ms is not None and targets.budget_conditions is None
     assert targets.budget_note is not None and "the budget's conditions are unknown" in targets.budget_note
     # An explicit table still predicts.
-    explicit = latency_targets_from_run(run, _plan(run), latency_table=config["latency_table"])
-    assert explicit.predicted_latency_ms is not None and explicit.table_path == config["latency_table"]
+    explicit = latency_targets_from_run(run, _plan(run), latency_table=table)
+    assert explicit.predicted_latency_ms is not None and explicit.table_path == table
     (run / "report.json").unlink()
     bare = latency_targets_from_run(run, _plan(run))
     assert bare.budget_latency_ms is None and bare.budget_note is not None and "report.json is missing" in bare.budget_note
@@ -88,17 +90,18 @@ def test_an_explicit_table_that_cannot_be_used_is_an_error(tiny_run: Path, tmp_p
         latency_targets_from_run(tiny_run, _plan(tiny_run), latency_table=bad)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "report.json").write_text("[1, 2]")
-    with pytest.raises(ConfigError, match=r"report.json is not a JSON object; is this a `hwdsa prune` output folder\?"):
+    with pytest.raises(ConfigError, match=r"report.json \(TypeError: a JSON list, not an object\); is this a `hwdsa prune` output folder\?"):
         latency_targets_from_run(tmp_path / "run", _plan(tiny_run))
 
 
 def test_a_table_profiled_into_the_run_folder_is_found(tiny_run: Path, tmp_path: Path) -> None:
-    """`hwdsa prune --latency-backend NAME` profiles `latency_table.csv` into the run and names no table."""
+    """A run folder moved to another machine: its table is found beside the report (as `--latency-backend` puts it)."""
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    config = json.loads((run / "config.json").read_text())
-    shutil.copy(config["latency_table"], run / "latency_table.csv")
-    (run / "config.json").write_text(json.dumps({**config, "latency_table": None}))
+    report = json.loads((run / "report.json").read_text())
+    shutil.copy(report["budgets"]["latency"]["table"], run / "latency_table.csv")
+    report["budgets"]["latency"]["table"] = "/elsewhere/latency_table.csv"
+    (run / "report.json").write_text(json.dumps(report))
     targets = latency_targets_from_run(run, _plan(run))
     assert targets.table_path == str(run / "latency_table.csv") and targets.budget_conditions is not None
     assert targets.predicted_latency_ms == pytest.approx(latency_targets_from_run(tiny_run, _plan(tiny_run)).predicted_latency_ms)

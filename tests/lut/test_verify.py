@@ -91,7 +91,7 @@ def test_an_absolute_budget_is_its_own_target(table_path: Path) -> None:
 
 
 def test_the_jobs_default_margin_is_the_checks() -> None:
-    from hwdsa.flows import PruneJobConfig
+    from hwdsa.job import PruneJobConfig
 
     assert PruneJobConfig().verify_margin == DEFAULT_MARGIN
 

@@ -2,19 +2,16 @@
 
 Every phase checkpoints after each epoch into the output folder; a killed job started again with
 `resume=True` continues from its last checkpoint and reaches the same result. Each phase's result and
-checkpoint carry the inputs that produced it (`phase_inputs`): a resume under a changed configuration
-reuses only the phases whose inputs are unchanged and reruns the rest, saying which and why.
+checkpoint carry the inputs that produced it (`hwdsa.job.phases`): a resume under a changed configuration
+reuses only the phases whose inputs are unchanged and reruns the rest, saying which and why. Cost models
+and budgets are resolved (profiling the device if asked) and checked before any training.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +19,18 @@ import torch
 from torch import nn
 
 from hwdsa._io import write_json_atomic, write_text_atomic
+from hwdsa.channels import channels_within_budgets
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hwdsa.costs import Budget, CostModel, FlopsCost, ParamsCost, dense_reference
+from hwdsa.costs import Budget, FlopsCost, ParamsCost, build_cost, dense_reference
 from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, broadcast_object, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
-from hwdsa.dsa.allocator import AdmmConfig
-from hwdsa.dsa.process import Beta2Schedule
-from hwdsa.channels import channels_within_budgets
 from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
 from hwdsa.errors import ConfigError
 from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance
+from hwdsa.job.config import PruneJobConfig
+from hwdsa.job.phases import changed_settings, inputs_digest, phase_inputs
+from hwdsa.job.report import BudgetOutcome, DenseSummary, PruneReport, PrunedSummary, allocation_csv
 from hwdsa.lut.rounding import round_for_budgets  # latency budgets: latency-optimal rounding
 from hwdsa.training import (
     TrainConfig,
@@ -45,139 +43,9 @@ from hwdsa.training import (
     train_epoch,
 )
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("hwdsa.job")
 
-REPORT_VERSION = 1
-
-
-@dataclass(frozen=True)
-class BudgetSpec:
-    """A budget as the user states it: a fraction of the dense cost, or an absolute value in the cost's unit."""
-
-    cost: str
-    fraction: float | None = None
-    absolute: float | None = None
-
-    def __post_init__(self) -> None:
-        if (self.fraction is None) == (self.absolute is None):
-            raise ConfigError(f"budget on {self.cost}: give exactly one of a fraction or an absolute value")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ConfigError(f"budget on {self.cost}: a fraction must lie in (0, 1]; got {self.fraction}")
-        if self.absolute is not None and not self.absolute > 0:
-            raise ConfigError(f"budget on {self.cost}: must be positive; got {self.absolute}")
-
-    def resolve(self, cost: CostModel) -> Budget:
-        if self.fraction is not None:
-            return Budget.fraction_of_dense(cost, self.fraction)
-        assert self.absolute is not None
-        return Budget(cost, self.absolute)
-
-
-@dataclass(frozen=True)
-class PruneJobConfig:
-    """Everything a pruning job needs; written as `config.json` next to its outputs."""
-
-    model: str = "small_cnn"
-    dataset: str = "mnist"
-    data_root: str | None = None
-    budgets: tuple[BudgetSpec, ...] = (BudgetSpec("flops", fraction=0.5),)
-    from_scratch: bool = False
-    weights: str | None = None
-    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
-    search: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))
-    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=0.02))
-    admm: AdmmConfig = field(default_factory=AdmmConfig)
-    batch_size: int = 128
-    subset_per_class: int | None = None
-    holdout_fraction: float = 0.1
-    round_to: int | None = None
-    seed: int = 0
-    device: str = "auto"
-    latency_table: str | None = None
-    latency_backend: str | None = None
-    """Profile this backend (e.g. "onnxruntime") into `<out>/latency_table.csv` when no table is given."""
-    fixed_keep_ratios: tuple[float, ...] | None = None
-    """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
-    verify_latency: bool = False
-    """Time candidate roundings on the table's backend (this machine must be its device) and keep the largest
-    whose measured latency meets the latency budget (`hwdsa.lut.verify`)."""
-    verify_margin: float = 0.015
-    """The share of the budget `verify_latency` keeps free for the noise of the timing itself
-    (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
-
-    def __post_init__(self) -> None:
-        if not self.budgets and self.fixed_keep_ratios is None:
-            raise ConfigError("give at least one budget, e.g. --flops 0.5")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
-        if self.round_to is not None and self.round_to < 1:
-            raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
-        if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
-            raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
-        if not 0 <= self.verify_margin < 0.5:
-            raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["admm"]["beta2"] = asdict(self.admm.beta2)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruneJobConfig:
-        """Inverse of `to_dict` (a JSON config file); unknown keys are refused."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        d = dict(d)
-        for key in ("pretrain", "search", "finetune"):
-            if key in d and isinstance(d[key], dict):
-                d[key] = TrainConfig(**d[key])
-        if isinstance(d.get("admm"), dict):
-            admm = dict(d["admm"])
-            if isinstance(admm.get("beta2"), dict):
-                admm["beta2"] = Beta2Schedule(**admm["beta2"])
-            d["admm"] = AdmmConfig(**admm)
-        if "budgets" in d:
-            d["budgets"] = tuple(b if isinstance(b, BudgetSpec) else BudgetSpec(**b) for b in d["budgets"])
-        if d.get("fixed_keep_ratios") is not None:
-            d["fixed_keep_ratios"] = tuple(d["fixed_keep_ratios"])
-        return cls(**d)
-
-
-PHASES = ("pretrain", "search", "finetune")
-
-
-def _file_digest(path: str | None) -> str | None:
-    """SHA-256 of a file's bytes (a changed table or weights file changes the phases that read it)."""
-    if path is None or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def phase_inputs(cfg: PruneJobConfig) -> dict[str, dict[str, Any]]:
-    """What each phase's result depends on; a later phase includes the earlier phase's inputs."""
-    d = cfg.to_dict()
-    pretrain = {
-        key: d[key]
-        for key in ("model", "dataset", "data_root", "subset_per_class", "holdout_fraction", "seed", "batch_size", "from_scratch")
-    }
-    pretrain["weights"] = None if cfg.weights is None else {"path": cfg.weights, "sha256": _file_digest(cfg.weights)}
-    pretrain["pretrain"] = d["pretrain"] if not (cfg.from_scratch or cfg.weights) else None
-    search = {key: d[key] for key in ("budgets", "search", "admm", "round_to", "fixed_keep_ratios", "latency_backend", "verify_latency", "verify_margin")}
-    search["latency_table"] = None if cfg.latency_table is None else {"path": cfg.latency_table, "sha256": _file_digest(cfg.latency_table)}
-    search["earlier phases"] = pretrain
-    finetune = {"finetune": d["finetune"], "earlier phases": search}
-    return {"pretrain": pretrain, "search": search, "finetune": finetune}
-
-
-def _digest(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Top-level settings that differ between two phases' inputs."""
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+__all__ = ["PruneJob", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,47 +56,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_cost(name: str, graph: ChannelGraph, latency_table: str | None) -> CostModel:
-    """The cost model called `name` for this graph ("flops", "params" or "latency")."""
-    if name == "flops":
-        return FlopsCost(graph)
-    if name == "params":
-        return ParamsCost(graph)
-    if name == "latency":
-        if latency_table is None:
-            raise ConfigError(
-                "a latency budget needs a lookup table: pass --latency-table TABLE.csv (see `hwdsa profile`), "
-                "or --latency-backend NAME to profile this device first"
-            )
-        from hwdsa.lut.cost_model import LatencyCost
-        from hwdsa.lut.table import LatencyTable
-
-        return LatencyCost.fit(LatencyTable.read(latency_table), graph)
-    raise ConfigError(f"unknown cost {name!r}; valid: flops, params, latency")
-
-
-def uniform_keep_ratio(budget: Budget, n_groups: int, lower: float = 1e-3) -> float:
-    """The one keep ratio that, given to every group, meets `budget` exactly (bisection; cost is monotone)."""
-    lo, hi = lower, 1.0
-    if float(budget.cost(torch.full((n_groups,), hi, dtype=torch.float64))) <= budget.limit:
-        return 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if float(budget.cost(torch.full((n_groups,), mid, dtype=torch.float64))) <= budget.limit:
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def allocation_csv(graph: ChannelGraph, channels: list[int], ratios: list[float]) -> str:
-    """One row per channel group: its size, kept channels, the searched ratio and its member layers."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["group", "channels", "kept", "kept_fraction", "keep_ratio", "producers", "consumers"])
-    for g, c, r in zip(graph.groups, channels, ratios):
-        w.writerow([g.index, g.channels, c, f"{c / g.channels:.4f}", f"{r:.4f}", " ".join(g.producers), " ".join(g.consumers)])
-    return buf.getvalue()
 
 
 class PruneJob:
@@ -313,7 +140,7 @@ class PruneJob:
         if old == json.loads(json.dumps(inputs, default=str)):
             _log.info("resume: reusing the finished %s phase (its inputs are unchanged)", phase)
             return saved
-        what = "it was saved by an older hwdsa" if old is None else "changed: " + ", ".join(_changed(old, inputs))
+        what = "it was saved by an older hwdsa" if old is None else "changed: " + ", ".join(changed_settings(old, inputs))
         _log.warning("resume: rerunning the %s phase (%s)", phase, what)
         return None
 
@@ -326,18 +153,18 @@ class PruneJob:
         barrier()
 
     # -- the job ------------------------------------------------------------------------------
-    def run(self, *, resume: bool = False) -> dict[str, Any]:
+    def run(self, *, resume: bool = False) -> PruneReport:
         """Run every phase and write `pruned.pt`, `allocation.csv`, `report.json` and `config.json`."""
         from hwdsa.equivalence import check_pruned_matches_masked
         from hwdsa.models import create_model
         from hwdsa.surgery import plan_from_channels, prune, save_pruned
 
         cfg = self.config
-        for what, path in (("--weights", cfg.weights), ("--latency-table", cfg.latency_table)):
+        for what, path in (("--weights", cfg.weights), *(("--latency-table", t) for t in (cfg.latency_table, *(b.table for b in cfg.budgets)))):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{what} {path}: no such file")
         self._inputs = phase_inputs(cfg)
-        self._tags = {phase: _digest(inputs) for phase, inputs in self._inputs.items()}
+        self._tags = {phase: inputs_digest(inputs) for phase, inputs in self._inputs.items()}
         init_from_env()
         device = resolve_device(cfg.device)
         if is_distributed() and device.type == "cuda":
@@ -435,44 +262,53 @@ class PruneJob:
         timings["total_s"] = time.perf_counter() - t_job
 
         dense_flops, dense_params = FlopsCost(graph).dense, ParamsCost(graph).dense
-        report: dict[str, Any] = {
-            "report_version": REPORT_VERSION,
-            "model": cfg.model,
-            "dataset": cfg.dataset,
-            "flow": "from_scratch" if cfg.from_scratch else ("fixed_ratios" if cfg.fixed_keep_ratios else "pretrained"),
-            "budgets": {b.cost.name: {"limit": b.limit, "unit": b.cost.unit, "fraction_of_dense": b.limit / dense_reference(b.cost), "achieved": b.cost.exact(channels)} for b in budgets},
-            "dense": {"accuracy": dense_acc, "heldout_accuracy": dense_heldout, "flops": dense_flops, "params": dense_params},
-            "pruned": {
-                "accuracy": pruned_acc,
-                "heldout_accuracy": pruned_heldout,
-                "accuracy_after_surgery": acc_after_surgery,
-                "accuracy_before_finetune": acc_before_ft,
-                "flops": flops_counted,
-                "params": count_params(pruned),
-                "flops_fraction": flops_counted / dense_flops,
-                "params_fraction": count_params(pruned) / dense_params,
+        pruned_params = count_params(pruned)
+        check_path = self.out / "latency_check.json"  # written by _verify_latency (this run or the resumed one)
+        report = PruneReport(
+            model=cfg.model,
+            dataset=cfg.dataset,
+            flow="from_scratch" if cfg.from_scratch else ("fixed_ratios" if cfg.fixed_keep_ratios else "pretrained"),
+            budgets={
+                b.cost.name: BudgetOutcome(
+                    limit=b.limit,
+                    unit=b.cost.unit,
+                    fraction_of_dense=b.limit / dense_reference(b.cost),
+                    value=b.cost.exact(channels),
+                    value_kind="predicted" if b.cost.name in self.tables else "counted",
+                    table=self.tables.get(b.cost.name),
+                )
+                for b in budgets
             },
-            "groups": len(graph.groups),
-            "channels": channels,
-            "keep_ratios": ratios,
-            "search_history": history,
-            "timings": timings,
-            "world_size": world_size(),
-            "device": str(device),
-            "admm": {k: v for k, v in cfg.admm.to_dict().items()},
-        }
-        check_path = self.out / "latency_check.json"
-        if cfg.verify_latency and check_path.is_file():  # written by _verify_latency (this run or the resumed one)
-            report["latency_check"] = json.loads(check_path.read_text(encoding="utf-8"))
+            dense=DenseSummary(dense_acc, dense_heldout, dense_flops, dense_params),
+            pruned=PrunedSummary(
+                accuracy=pruned_acc,
+                heldout_accuracy=pruned_heldout,
+                accuracy_after_surgery=acc_after_surgery,
+                accuracy_before_finetune=acc_before_ft,
+                flops=flops_counted,
+                params=pruned_params,
+                flops_fraction=flops_counted / dense_flops,
+                params_fraction=pruned_params / dense_params,
+            ),
+            groups=len(graph.groups),
+            channels=list(channels),
+            keep_ratios=list(ratios),
+            search_history=history,
+            timings=timings,
+            world_size=world_size(),
+            device=str(device),
+            admm=cfg.admm.to_dict(),
+            latency_check=json.loads(check_path.read_text(encoding="utf-8")) if cfg.verify_latency and check_path.is_file() else None,
+        )
         if is_main_process():
             save_pruned(
                 self.out / "pruned.pt",
                 pruned,
                 plan,
-                extra={"report": json.dumps(report), "dataset": cfg.dataset, "data_root": cfg.data_root or ""},
+                extra={"report": json.dumps(report.to_dict()), "dataset": cfg.dataset, "data_root": cfg.data_root or ""},
             )
             write_text_atomic(self.out / "allocation.csv", allocation_csv(graph, channels, ratios))
-            write_json_atomic(self.out / "report.json", report)
+            report.write(self.out / "report.json")
             self.checkpoint.unlink(missing_ok=True)
         barrier()
         return report
@@ -483,15 +319,29 @@ class PruneJob:
         from hwdsa.dsa.projection import check_feasible
 
         cfg = self.config
-        self.latency_table = cfg.latency_table
-        if self.latency_table is None and cfg.latency_backend is not None and any(s.cost == "latency" for s in cfg.budgets):
+        latency_specs = [s for s in cfg.budgets if s.cost == "latency"]
+        default_table = cfg.latency_table
+        if default_table is None and cfg.latency_backend is not None and any(s.table is None for s in latency_specs):
             from hwdsa.lut.network import latency_table_for
 
-            self.latency_table = str(self.out / "latency_table.csv")
+            default_table = str(self.out / "latency_table.csv")
             if is_main_process():  # resumable: a rerun finds the finished table and measures nothing
-                latency_table_for(model, input_shape, cfg.latency_backend, self.latency_table, name=cfg.model)
+                latency_table_for(model, input_shape, cfg.latency_backend, default_table, name=cfg.model)
             barrier()
-        budgets = [spec.resolve(build_cost(spec.cost, graph, self.latency_table)) for spec in cfg.budgets]
+        budgets = []
+        self.tables: dict[str, str] = {}  # budget name -> the table that prices it
+        for spec in cfg.budgets:
+            if spec.cost != "latency":
+                budgets.append(spec.resolve(build_cost(spec.cost, graph)))
+                continue
+            table = spec.table or default_table
+            cost = build_cost("latency", graph, latency_table=table)
+            if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
+                assert table is not None  # build_cost refused a latency budget without a table
+                cost.name = f"latency@{Path(table).stem}"
+            self.tables[cost.name] = str(Path(table).resolve()) if table is not None else ""
+            budgets.append(spec.resolve(cost))
+        self.latency_table = next(iter(self.tables.values()), None)
         for budget in budgets:
             if cfg.fixed_keep_ratios is None:
                 check_feasible(budget.cost, budget.limit, cfg.admm.min_keep_ratio)
@@ -530,11 +380,8 @@ class PruneJob:
         return broadcast_object(channels)
 
 
+
+
 def _model_kwargs(name: str, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Per-model construction arguments that depend on the data (the small CNN's input channels)."""
     return {"in_channels": int(input_shape[0])} if name == "small_cnn" else {}
-
-
-def with_overrides(config: PruneJobConfig, **overrides: Any) -> PruneJobConfig:
-    """A copy of `config` with some fields replaced (CLI flags over a config file)."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

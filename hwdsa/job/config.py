@@ -1,0 +1,116 @@
+"""What a pruning job is asked to do: its budgets, phases' training settings and the latency options."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hwdsa.costs import Budget, CostModel
+from hwdsa.dsa.allocator import AdmmConfig
+from hwdsa.dsa.process import Beta2Schedule
+from hwdsa.errors import ConfigError
+from hwdsa.training import TrainConfig
+
+__all__ = ["BudgetSpec", "PruneJobConfig"]
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """A budget as the user states it: a fraction of the dense cost, or an absolute value in the cost's unit.
+
+    A latency budget may name its own `table` (one network for several devices: one budget per table);
+    without one it is priced with the job's `latency_table` (or the table `latency_backend` profiles).
+    """
+
+    cost: str
+    fraction: float | None = None
+    absolute: float | None = None
+    table: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.fraction is None) == (self.absolute is None):
+            raise ConfigError(f"budget on {self.cost}: give exactly one of a fraction or an absolute value")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"budget on {self.cost}: a fraction must lie in (0, 1]; got {self.fraction}")
+        if self.absolute is not None and not self.absolute > 0:
+            raise ConfigError(f"budget on {self.cost}: must be positive; got {self.absolute}")
+        if self.table is not None and self.cost != "latency":
+            raise ConfigError(f"budget on {self.cost}: only a latency budget is priced with a table")
+
+    def resolve(self, cost: CostModel) -> Budget:
+        if self.fraction is not None:
+            return Budget.fraction_of_dense(cost, self.fraction)
+        assert self.absolute is not None
+        return Budget(cost, self.absolute)
+
+
+@dataclass(frozen=True)
+class PruneJobConfig:
+    """Everything a pruning job needs; written as `config.json` next to its outputs."""
+
+    model: str = "small_cnn"
+    dataset: str = "mnist"
+    data_root: str | None = None
+    budgets: tuple[BudgetSpec, ...] = (BudgetSpec("flops", fraction=0.5),)
+    from_scratch: bool = False
+    weights: str | None = None
+    pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
+    search: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=4, lr=0.02))
+    finetune: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=0.02))
+    admm: AdmmConfig = field(default_factory=AdmmConfig)
+    batch_size: int = 128
+    subset_per_class: int | None = None
+    holdout_fraction: float = 0.1
+    round_to: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    latency_table: str | None = None
+    latency_backend: str | None = None
+    """Profile this backend (e.g. "onnxruntime") into `<out>/latency_table.csv` when no table is given."""
+    fixed_keep_ratios: tuple[float, ...] | None = None
+    """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
+    verify_latency: bool = False
+    """Time candidate roundings on the table's backend (this machine must be its device) and keep the largest
+    whose measured latency meets the latency budget (`hwdsa.lut.verify`)."""
+    verify_margin: float = 0.015
+    """The share of the budget `verify_latency` keeps free for the noise of the timing itself
+    (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
+
+    def __post_init__(self) -> None:
+        if not self.budgets and self.fixed_keep_ratios is None:
+            raise ConfigError("give at least one budget, e.g. --flops 0.5")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
+        if self.round_to is not None and self.round_to < 1:
+            raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
+        if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
+            raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
+        if not 0 <= self.verify_margin < 0.5:
+            raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["admm"]["beta2"] = asdict(self.admm.beta2)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneJobConfig:
+        """Inverse of `to_dict` (a JSON config file); unknown keys are refused."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
+        d = dict(d)
+        for key in ("pretrain", "search", "finetune"):
+            if key in d and isinstance(d[key], dict):
+                d[key] = TrainConfig(**d[key])
+        if isinstance(d.get("admm"), dict):
+            admm = dict(d["admm"])
+            if isinstance(admm.get("beta2"), dict):
+                admm["beta2"] = Beta2Schedule(**admm["beta2"])
+            d["admm"] = AdmmConfig(**admm)
+        if "budgets" in d:
+            d["budgets"] = tuple(b if isinstance(b, BudgetSpec) else BudgetSpec(**b) for b in d["budgets"])
+        if d.get("fixed_keep_ratios") is not None:
+            d["fixed_keep_ratios"] = tuple(d["fixed_keep_ratios"])
+        return cls(**d)

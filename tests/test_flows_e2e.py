@@ -225,7 +225,7 @@ def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: 
     assert check["aim_ms"] == pytest.approx(0.97 * check["target_ms"])  # --verify-margin 0.03
     assert check["met"] == (check["measured_ms"] <= check["target_ms"])
     assert report["timings"]["verify_latency_s"] > 0
-    assert "latency (ms, measured)" in capsys.readouterr().out
+    assert "latency (ms, measured on onnxruntime)" in capsys.readouterr().out
 
 
 def test_resume_under_a_changed_budget_reruns_the_search_and_meets_the_new_budget(
@@ -301,3 +301,36 @@ def test_latency_budgets_and_tables_must_pair_up(tmp_path: Path, capsys: pytest.
     argv = ["prune", *TINY, "--latency", "0.5", "--latency", "0.6", "--latency-table", "a.csv", "--out", str(tmp_path / "run")]
     assert main(argv) == 2
     assert "several --latency budgets need one --latency-table each" in capsys.readouterr().err
+
+
+def test_every_report_times_the_dense_and_the_pruned_network(pretrained: tuple[Path, dict[str, Any], str]) -> None:
+    """A FLOPs job still reports measured latency (ONNX Runtime, one thread), kept apart from any prediction."""
+    _, report, printed = pretrained
+    lat = report["latency"]
+    assert lat["backend"] == "onnxruntime" and lat["rounds"] >= 1
+    assert lat["dense_ms"] > 0 and lat["pruned_ms"] > 0 and lat["dense_iqr_ms"] >= 0
+    assert lat["speedup"] == pytest.approx(lat["dense_ms"] / lat["pruned_ms"])
+    assert lat["measured_fraction"] == pytest.approx(lat["pruned_ms"] / lat["dense_ms"])
+    assert lat["predicted_pruned_ms"] is None and lat["budget_ms"] is None and lat["met"] is None  # no latency budget
+    assert "latency (ms, measured on onnxruntime)" in printed and "speed-up (measured)" in printed
+
+
+def test_a_latency_report_holds_measured_against_requested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwdsa.lut.grid import GridConfig
+    from hwdsa.lut.network import profile_network
+    from hwdsa.models import create_model
+    from hwdsa.profilers import TimingProtocol
+
+    table = tmp_path / "ort.csv"
+    profile_network(
+        create_model("small_cnn", in_channels=1), (1, 28, 28), "onnxruntime", table, grid=GridConfig("cpu", cpu_points=3),
+        protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
+    )  # fmt: skip
+    out = tmp_path / "run"
+    assert main(["-q", "prune", *TINY, "--from-scratch", "--latency", "0.9", "--latency-table", str(table), "--out", str(out)]) == 0
+    lat = json.loads((out / "report.json").read_text())["latency"]
+    assert lat["requested_fraction"] == pytest.approx(0.9)
+    assert lat["budget_ms"] == pytest.approx(0.9 * lat["dense_ms"]), "a fraction is held against the dense network as timed"
+    assert lat["predicted_pruned_ms"] > 0 and lat["predicted_dense_ms"] > lat["predicted_pruned_ms"]
+    assert lat["met"] == (lat["pruned_ms"] <= lat["budget_ms"] + lat["tolerance_ms"])
+    assert re.search(r"latency budget (met|MISSED): measured 0\.\d+ of dense against 0\.900 requested", capsys.readouterr().out)

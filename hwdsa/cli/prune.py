@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,7 @@ from hwdsa.errors import ConfigError
 from hwdsa.training import TrainConfig
 
 if TYPE_CHECKING:
-    from hwdsa.job import PruneJobConfig
+    from hwdsa.job import PruneJobConfig, PruneReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -116,24 +117,53 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
-        return 0
+    else:
+        print_report(report, config, args.out)
+    missed = report.latency is not None and report.latency.met is False
+    if missed and config.verify_latency:
+        lat = report.latency
+        assert lat is not None and lat.budget_ms is not None
+        print(
+            f"hwdsa prune: the pruned network measured {lat.pruned_ms:.4g} ms against a budget of {lat.budget_ms:.4g} ms "
+            f"(over by more than the timing's spread, {lat.tolerance_ms:.2g} ms): rerun with a larger --verify-margin, "
+            "on a quieter machine, or with a lower budget",
+            file=sys.stderr,
+        )
+        return 3
+    return 0
+
+
+def print_report(report: PruneReport, config: PruneJobConfig, out: str) -> None:
+    """The result as a table: accuracy, FLOPs, parameters, and latency predicted and measured."""
     d, p = report.dense, report.pruned
     rows: list[list[Any]] = [
         ["top-1 accuracy", d.accuracy, p.accuracy, None if d.accuracy is None else p.accuracy - d.accuracy],
         ["FLOPs (MACs)", d.flops, p.flops, p.flops_fraction],
         ["parameters", d.params, p.params, p.params_fraction],
     ]
-    if "latency" in report.budgets:  # predicted by the calibrated table
-        lat = report.budgets["latency"]
-        dense_ms = lat.limit / lat.fraction_of_dense
-        rows.append(["latency (ms, table)", dense_ms, lat.value, lat.value / dense_ms])
-    if report.latency_check is not None:  # timed on the device
-        chk = report.latency_check
-        rows.append(["latency (ms, measured)", chk["dense_measured_ms"], chk["measured_ms"], chk["measured_ms"] / chk["dense_measured_ms"]])
+    lat = report.latency
+    if lat is not None and lat.predicted_dense_ms is not None and lat.predicted_pruned_ms is not None:
+        rows.append(["latency (ms, predicted)", lat.predicted_dense_ms, lat.predicted_pruned_ms, lat.predicted_pruned_ms / lat.predicted_dense_ms])
+    if lat is not None:
+        rows.append([
+            f"latency (ms, measured on {lat.backend})",
+            f"{lat.dense_ms:.4g} ± {lat.dense_iqr_ms / 2:.2g}",
+            f"{lat.pruned_ms:.4g} ± {lat.pruned_iqr_ms / 2:.2g}",
+            lat.measured_fraction,
+        ])
+        rows.append(["speed-up (measured)", None, f"{lat.speedup:.2f}x", None])
     print(f"\n{config.model} on {config.dataset}, budgets: "
           + ", ".join(f"{k} ≤ {v.fraction_of_dense:.0%} of dense" for k, v in report.budgets.items()))
     print(format_table(rows, ["", "dense", "pruned", "change / fraction"]))
+    if lat is not None and lat.requested_fraction is not None:
+        verdict = "met" if lat.met else "MISSED"
+        print(
+            f"latency budget {verdict}: measured {lat.measured_fraction:.3f} of dense against {lat.requested_fraction:.3f} "
+            f"requested ({lat.pruned_ms:.4g} ms vs {lat.budget_ms:.4g} ms; timing spread ±{lat.tolerance_ms:.2g} ms, "
+            f"{lat.rounds} interleaved rounds on {lat.device})"
+        )
+    elif lat is None and report.latency_note:
+        print(f"latency: {report.latency_note}")
     t = report.timings
     print("time: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items() if k.endswith("_s")) + " (seconds)")
-    print(f"outputs in {args.out}/: pruned.pt, allocation.csv, report.json, config.json")
-    return 0
+    print(f"outputs in {out}/: pruned.pt, allocation.csv, report.json, config.json")

@@ -75,6 +75,11 @@ class PruneJobConfig:
     verify_margin: float = 0.015
     """The share of the budget `verify_latency` keeps free for the noise of the timing itself
     (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
+    measure_backend: str | None = "onnxruntime"
+    """Time the dense and the pruned network on this backend (one thread) for the report when no latency
+    budget's table names the device to time on; None skips the timing."""
+    measure_rounds: int = 7
+    """Interleaved rounds of that timing (each network keeps its quietest)."""
 
     def __post_init__(self) -> None:
         if not self.budgets and self.fixed_keep_ratios is None:

@@ -19,7 +19,7 @@ from hwdsa._io import write_json_atomic
 from hwdsa.errors import ConfigError
 from hwdsa.graph.structure import ChannelGraph
 
-__all__ = ["REPORT_VERSION", "BudgetOutcome", "DenseSummary", "PruneReport", "PrunedSummary", "allocation_csv"]
+__all__ = ["REPORT_VERSION", "BudgetOutcome", "DenseSummary", "MeasuredLatency", "PruneReport", "PrunedSummary", "allocation_csv"]
 
 REPORT_VERSION = 2
 
@@ -65,6 +65,46 @@ class PrunedSummary:
 
 
 @dataclass(frozen=True)
+class MeasuredLatency:
+    """The dense and the pruned network timed together on this machine (interleaved rounds, each network's
+    quietest round: the statistic the tables are measured with), with the budget they are held to."""
+
+    backend: str
+    device: str
+    dense_ms: float
+    dense_iqr_ms: float
+    pruned_ms: float
+    pruned_iqr_ms: float
+    rounds: int
+    predicted_dense_ms: float | None = None
+    """The latency budget's table price of the dense network (None without a latency budget)."""
+    predicted_pruned_ms: float | None = None
+    budget_ms: float | None = None
+    """The latency budget in ms against this timing (a fraction budget: that fraction of `dense_ms`)."""
+    requested_fraction: float | None = None
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_ms / self.pruned_ms
+
+    @property
+    def measured_fraction(self) -> float:
+        return self.pruned_ms / self.dense_ms
+
+    @property
+    def tolerance_ms(self) -> float:
+        """The timing's own spread: half the IQRs of the two networks' quietest rounds, added."""
+        return 0.5 * (self.dense_iqr_ms + self.pruned_iqr_ms)
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the pruned network measured within its budget, allowing the timing's spread (None: no budget)."""
+        if self.budget_ms is None:
+            return None
+        return self.pruned_ms <= self.budget_ms + self.tolerance_ms
+
+
+@dataclass(frozen=True)
 class PruneReport:
     """Everything a finished job states about its result; `report.json` is `to_dict()`."""
 
@@ -84,10 +124,22 @@ class PruneReport:
     admm: dict[str, Any]
     latency_check: dict[str, Any] | None = None
     """`hwdsa.lut.verify`'s record when the job timed its candidates on the device (`--verify-latency`)."""
+    latency: MeasuredLatency | None = None
+    """The dense and pruned networks timed here after pruning (None: not measured, see `latency_note`)."""
+    latency_note: str | None = None
     report_version: int = field(default=REPORT_VERSION)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON form; the measured latency's derived figures (speed-up, fraction, met) are written too."""
+        d = asdict(self)
+        if self.latency is not None:
+            d["latency"].update(
+                speedup=self.latency.speedup,
+                measured_fraction=self.latency.measured_fraction,
+                tolerance_ms=self.latency.tolerance_ms,
+                met=self.latency.met,
+            )
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneReport:
@@ -102,6 +154,8 @@ class PruneReport:
         d["budgets"] = {name: BudgetOutcome(**b) for name, b in d["budgets"].items()}
         d["dense"] = DenseSummary(**d["dense"])
         d["pruned"] = PrunedSummary(**d["pruned"])
+        if d.get("latency") is not None:
+            d["latency"] = MeasuredLatency(**{k: v for k, v in d["latency"].items() if k in _MEASURED_FIELDS})
         return cls(**d)
 
     @classmethod
@@ -120,6 +174,9 @@ class PruneReport:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         return write_json_atomic(path, self.to_dict())
+
+
+_MEASURED_FIELDS = {f.name for f in fields(MeasuredLatency)}
 
 
 def allocation_csv(graph: ChannelGraph, channels: list[int], ratios: list[float]) -> str:

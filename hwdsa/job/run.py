@@ -30,7 +30,7 @@ from hwdsa.graph import ChannelGraph, trace_channel_graph
 from hwdsa.importance import group_importance
 from hwdsa.job.config import PruneJobConfig
 from hwdsa.job.phases import changed_settings, inputs_digest, phase_inputs
-from hwdsa.job.report import BudgetOutcome, DenseSummary, PruneReport, PrunedSummary, allocation_csv
+from hwdsa.job.report import BudgetOutcome, DenseSummary, MeasuredLatency, PruneReport, PrunedSummary, allocation_csv
 from hwdsa.lut.rounding import round_for_budgets  # latency budgets: latency-optimal rounding
 from hwdsa.training import (
     TrainConfig,
@@ -259,6 +259,7 @@ class PruneJob:
         timings["finetune_s"] = self._train_phase("finetune", pruned, cfg.finetune, train, device, resume)
         pruned_acc = evaluate(pruned, test, device)
         pruned_heldout = evaluate(pruned, holdout_eval, device)
+        latency, latency_note = self._measure_latency(unwrap(model), graph, channels, budgets, timings)
         timings["total_s"] = time.perf_counter() - t_job
 
         dense_flops, dense_params = FlopsCost(graph).dense, ParamsCost(graph).dense
@@ -299,6 +300,8 @@ class PruneJob:
             device=str(device),
             admm=cfg.admm.to_dict(),
             latency_check=json.loads(check_path.read_text(encoding="utf-8")) if cfg.verify_latency and check_path.is_file() else None,
+            latency=latency,
+            latency_note=latency_note,
         )
         if is_main_process():
             save_pruned(
@@ -354,6 +357,62 @@ class PruneJob:
                     budget.cost.name, budget.limit, unit, budget.cost.name, dense, unit,
                 )  # fmt: skip
         return budgets
+
+    def _measure_latency(
+        self, model: nn.Module, graph: ChannelGraph, channels: list[int], budgets: list[Budget], timings: dict[str, float]
+    ) -> tuple[MeasuredLatency | None, str | None]:
+        """Time the dense and the pruned network together on the latency budget's device (or `measure_backend`).
+
+        Returns the measurement, or None and why not (no backend asked for, the budget's table is of
+        another device, the backend cannot run here).
+        """
+        from hwdsa.errors import BackendUnavailableError, TableError
+        from hwdsa.lut.network import backend_for_table, measure_rounds
+        from hwdsa.lut.table import LatencyTable
+        from hwdsa.profilers.backend import get_backend
+        from hwdsa.profilers.base import quietest
+
+        cfg = self.config
+        latency = next((b for b in budgets if b.cost.name in self.tables), None)
+        if not is_main_process():
+            return None, "timed on the main process only"
+        try:
+            if latency is not None:
+                backend = backend_for_table(LatencyTable.read(self.tables[latency.cost.name]).meta)
+            elif cfg.measure_backend is not None:
+                backend = get_backend(cfg.measure_backend, num_threads=1)
+            else:
+                return None, "not timed (measure_backend is None)"
+        except (TableError, BackendUnavailableError) as exc:
+            return None, f"not timed here: {exc}"
+        t0 = time.perf_counter()
+        dense_channels = list(graph.group_sizes)
+        rounds = measure_rounds(model, graph, [dense_channels, channels], backend, rounds=cfg.measure_rounds)
+        timings["measure_latency_s"] = time.perf_counter() - t0
+        dense, pruned = (quietest(r) for r in rounds)
+        predicted: dict[str, float | None] = {"predicted_dense_ms": None, "predicted_pruned_ms": None, "budget_ms": None}
+        requested = None
+        if latency is not None:
+            spec = cfg.budgets[budgets.index(latency)]
+            requested = latency.limit / dense_reference(latency.cost)
+            predicted = {
+                "predicted_dense_ms": latency.cost.exact(dense_channels),
+                "predicted_pruned_ms": latency.cost.exact(channels),
+                # a fraction of the dense latency is held against the dense network as timed now
+                "budget_ms": requested * dense.median_ms if spec.fraction is not None else latency.limit,
+            }
+        measured = MeasuredLatency(
+            backend=backend.name,
+            device=backend.device_description(),
+            dense_ms=dense.median_ms,
+            dense_iqr_ms=dense.q3_ms - dense.q1_ms,
+            pruned_ms=pruned.median_ms,
+            pruned_iqr_ms=pruned.q3_ms - pruned.q1_ms,
+            rounds=cfg.measure_rounds,
+            requested_fraction=requested,
+            **predicted,
+        )
+        return measured, None
 
     def _verify_latency(
         self, model: nn.Module, graph: ChannelGraph, ratios: list[float], budget: Budget, table_path: str | None,

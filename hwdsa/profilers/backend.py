@@ -104,6 +104,18 @@ class Backend(ABC):
     #: provider (`backend_for_provider`).
     onnxruntime_provider: ClassVar[str | None] = None
 
+    # ------------------------------------------------------------------ notes
+    def note(self, condition: str) -> None:
+        """Count a condition met while measuring (e.g. one per tiny layer), for one summary line at the end
+        of a run (`take_notes`) instead of a warning per layer."""
+        notes: dict[str, int] = self.__dict__.setdefault("_notes", {})
+        notes[condition] = notes.get(condition, 0) + 1
+
+    def take_notes(self) -> dict[str, int]:
+        """The conditions counted since the last call, and how often each was met."""
+        notes: dict[str, int] = self.__dict__.pop("_notes", {})
+        return notes
+
     # ------------------------------------------------------------------ capability
     @classmethod
     @abstractmethod

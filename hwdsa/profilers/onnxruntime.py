@@ -184,10 +184,11 @@ class _OrtBackend(OnnxBackend):
         if reorder_ms <= 0.0:
             return m
         if reorder_ms >= 0.9 * m.min_ms:  # the two passes saw different machine states; keep the timing
-            _log.warning(
+            _log.debug(
                 "%s: layout reorders (%.4g ms) take nearly all of the fastest run (%.4g ms); not subtracted",
                 spec_label(spec), reorder_ms, m.min_ms,
             )  # fmt: skip
+            self.note("layout reorders took nearly all of the layer's fastest run, so they were not subtracted")
             return m
         return dataclasses.replace(
             m,

@@ -1,7 +1,7 @@
 """Benchmark runs that survive sessions: each finished pruning job's result is a small committed JSON file.
 
-A run is keyed by its full configuration (`PruneJobConfig.to_dict()`, the data folder left out because it
-differs between machines, not results); a suite rerun skips every run whose file exists and runs the rest,
+A run is keyed by its full configuration (`PruneJobConfig.to_dict()`, with the data folder left out and
+the starting weights named by their digest: they differ between machines, results do not); a suite rerun skips every run whose file exists and runs the rest,
 so a suite that needs more compute than one session has completes over several. Checkpoints of unfinished
 runs live in a scratch folder (`runs/`, not committed) and resume within a session.
 """
@@ -22,11 +22,19 @@ from hwdsa.job import PruneJob, PruneJobConfig
 _log = logging.getLogger("benchmarks.runs")
 
 
-def run_key(cfg: PruneJobConfig) -> str:
-    """A short hash of everything that decides a run's result (the data folder excepted)."""
+def portable_config(cfg: PruneJobConfig) -> dict[str, Any]:
+    """The configuration as a result file records it: no folder of the machine that ran it; the starting
+    weights by their SHA-256 (the same file anywhere is the same run)."""
     d = cfg.to_dict()
-    d.pop("data_root", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    d["data_root"] = None
+    if cfg.weights is not None:
+        d["weights"] = {"file": Path(cfg.weights).name, "sha256": hashlib.sha256(Path(cfg.weights).read_bytes()).hexdigest()}
+    return d
+
+
+def run_key(cfg: PruneJobConfig) -> str:
+    """A short hash of everything that decides a run's result."""
+    return hashlib.sha256(json.dumps(portable_config(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def cached_run(name: str, cfg: PruneJobConfig, results: Path, work: Path, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -38,9 +46,8 @@ def cached_run(name: str, cfg: PruneJobConfig, results: Path, work: Path, meta: 
         return dict(json.loads(path.read_text())["report"])
     _log.info("running %s", name)
     report = PruneJob(cfg, work / f"{name}-{run_key(cfg)}").run(resume=True).to_dict()
-    config = cfg.to_dict()
-    config["data_root"] = None
-    write_json_atomic(path, {"name": name, "key": run_key(cfg), "meta": meta or {}, "config": config, "report": report})
+    record = {"name": name, "key": run_key(cfg), "meta": meta or {}, "config": portable_config(cfg), "report": report}
+    write_json_atomic(path, record)
     return report
 
 

@@ -47,6 +47,8 @@ from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
 from hwdsa.training import TrainConfig
 
+from _command import portable_args
+
 _log = logging.getLogger("benchmarks.latency_budget")
 
 GOAL = (0.95, 1.02)
@@ -127,7 +129,7 @@ def search_one(
     flops = FlopsCost(graph)
     _log.info("%s %s %.0f%%: searched in %.0f s, predicted %.4g ms for a budget of %.4g ms", label, model_name, 100 * fraction, search_s, cost.exact(channels), budget.limit)
     return {
-        "table": str(table_path),
+        "table": os.path.relpath(table_path),  # no path of the machine that ran it
         "backend": label,
         "model": model_name,
         "budget_fraction": fraction,
@@ -232,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tables", nargs="+", default=None, help="calibrated tables (default: the packaged hwdsa/lut/tables/cpu-*.csv)")
     p.add_argument("--models", nargs="+", default=["resnet20", "vgg16"])
     p.add_argument("--budgets", nargs="+", type=float, default=[0.3, 0.5, 0.7])
-    p.add_argument("--data-root", default="../shared/data/cifar10")
+    p.add_argument("--data-root", help="CIFAR-10 (the npz folder or the python pickles); not needed with --resume-searched")
     p.add_argument("--per-class", type=int, default=20, help="CIFAR-10 training images per class for the short search")
     p.add_argument("--search-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
@@ -248,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-only", action="store_true", help="only search (core 0) and keep the result; time later with --resume-searched")
     p.add_argument("--resume-searched", action="store_true", help="time the networks a --search-only run found")
     args = p.parse_args(argv)
+    if not args.resume_searched and not args.data_root:
+        p.error("--data-root is needed to search (the CIFAR-10 folder: the npz files or the python pickles)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     tables = [Path(t) for t in args.tables] if args.tables else [v for k, v in packaged_tables().items() if k.startswith("cpu-")]
@@ -281,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     verified = [r["verified_over_requested"] for r in rows]
     result = {
         "goal": list(GOAL),
-        "args": vars(args),
+        "args": portable_args(args),
         "within_goal": sum(r["within_goal"] for r in rows),
         "verified_within_goal": sum(r["verified_within_goal"] for r in rows),
         "runs": len(rows),

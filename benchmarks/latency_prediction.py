@@ -22,7 +22,6 @@ import csv
 import io
 import logging
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from hwdsa.lut.network import backend_for_table, calibration_networks, measure_p
 from hwdsa.lut.table import LatencyTable, packaged_tables
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
+
+from _command import portable_args
 
 _log = logging.getLogger("benchmarks.latency_prediction")
 
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         by_backend[label]["meets_goal"] = by_backend[label]["cost_model"]["within_10"] >= GOAL_WITHIN_10
-    result = {"goal_within_10": GOAL_WITHIN_10, "args": vars(args), "per_backend": by_backend, "per_model": summaries}
+    result = {"goal_within_10": GOAL_WITHIN_10, "args": portable_args(args), "per_backend": by_backend, "per_model": summaries}
     write_json_atomic(out / "latency_prediction.json", result)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))

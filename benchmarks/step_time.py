@@ -4,7 +4,7 @@ A DSA step is a weight step with sampled masks plus, every `update_every` steps,
 batch (keep probabilities, implicit gradient, projection). Both are timed on the same real batches,
 alternating rounds so that machine drift affects both alike. Writes `step_time.json` and `step_time.md`.
 
-    python benchmarks/step_time.py --data-root ../shared/data/cifar10 --out benchmarks/results
+    python benchmarks/step_time.py --data-root PATH/TO/cifar10 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -28,12 +28,14 @@ from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
 from hwdsa.training import TrainConfig, make_optimizer, train_epoch
 
+from _command import reproduce_command
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="resnet20")
     p.add_argument("--dataset", default="cifar10")
-    p.add_argument("--data-root", default="../shared/data/cifar10")
+    p.add_argument("--data-root", required=True, help="CIFAR-10 (the npz folder or the python pickles)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=20, help="steps per timed round")
     p.add_argument("--rounds", type=int, default=3)
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "dsa_cpu_ms_per_step": dsa_cpu_ms,
         "cpu_ratio_per_round": cpu_ratios,
         "cpu_ratio_median": statistics.median(cpu_ratios),
-        "command": "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": reproduce_command(__file__, argv),
     }
     out = Path(args.out)
     write_json_atomic(out / "step_time.json", result)

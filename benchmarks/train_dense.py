@@ -27,11 +27,13 @@ from typing import Any
 
 import torch
 
-from hwdsa._io import write_json_atomic, write_text_atomic
+from hwdsa._io import atomic_path, write_json_atomic, write_text_atomic
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hwdsa.data import load_dataset, make_loader
 from hwdsa.models import create_model
 from hwdsa.training import TrainConfig, evaluate, make_optimizer, make_scheduler, set_epoch, train_epoch
+
+from _command import reproduce_command
 
 _log = logging.getLogger("train_dense")
 
@@ -140,8 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     heldout = evaluate(model, holdout_loader, device)
     state_dict = {k: v.contiguous() for k, v in model.state_dict().items()}
     weights = out / f"{name}.pt"
-    from hwdsa._io import atomic_path
-
     with atomic_path(weights) as tmp:
         torch.save(state_dict, tmp)
     summary = {
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_wall_min": round(wall_s / 60, 1),
         "host": host_line(),
         "weights": weights.name,
-        "command": "taskset -c 1 python benchmarks/train_dense.py --data-root PATH/TO/cifar10 "
-        + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--data-root") and "cifar10" not in a),
+        "command": "taskset -c 1 " + reproduce_command(__file__, argv),
     }
     write_json_atomic(out / f"{name}.json", summary)
     _log.info("done: held-out %.2f%%, test %.2f%%, %.1f min", 100 * heldout, 100 * test, wall_s / 60)

@@ -1,0 +1,38 @@
+"""The command line a result file records: what reproduces it, without paths of the machine that ran it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: Flags whose value is a folder of the machine that ran the benchmark, and what a reader substitutes.
+_MACHINE_PATHS = {"--data-root": "PATH/TO/cifar10", "--work": "WORK"}
+
+
+def reproduce_command(script: str, argv: Sequence[str] | None = None) -> str:
+    """`python benchmarks/<script> <flags>` with every machine-specific folder replaced by a placeholder."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out: list[str] = []
+    skip_next = False
+    for i, arg in enumerate(args):
+        if skip_next:
+            skip_next = False
+            continue
+        flag, eq, value = arg.partition("=")
+        if flag in _MACHINE_PATHS:
+            out.append(f"{flag} {_MACHINE_PATHS[flag]}")
+            skip_next = not eq and i + 1 < len(args)
+        elif os.path.isabs(arg):
+            out.append(Path(arg).name)
+        else:
+            out.append(arg)
+    return " ".join(["python", f"benchmarks/{Path(script).name}", *out])
+
+
+def portable_args(args: object) -> dict[str, object]:
+    """An argparse namespace as a result file records it: machine folders as their placeholders."""
+    flags = {flag.lstrip("-").replace("-", "_"): placeholder for flag, placeholder in _MACHINE_PATHS.items()}
+    return {k: (flags[k] if k in flags and v is not None else v) for k, v in vars(args).items()}
+

@@ -334,3 +334,64 @@ def test_a_latency_report_holds_measured_against_requested(tmp_path: Path, capsy
     assert lat["predicted_pruned_ms"] > 0 and lat["predicted_dense_ms"] > lat["predicted_pruned_ms"]
     assert lat["met"] == (lat["pruned_ms"] <= lat["budget_ms"] + lat["tolerance_ms"])
     assert re.search(r"latency budget (met|MISSED): measured 0\.\d+ of dense against 0\.900 requested", capsys.readouterr().out)
+
+
+@pytest.fixture(scope="module")
+def small_ort_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ONNX Runtime table of the small CNN, measured on this machine."""
+    from hwdsa.lut.grid import GridConfig
+    from hwdsa.lut.network import profile_network
+    from hwdsa.models import create_model
+    from hwdsa.profilers import TimingProtocol
+
+    table = tmp_path_factory.mktemp("table") / "ort.csv"
+    profile_network(
+        create_model("small_cnn", in_channels=1), (1, 28, 28), "onnxruntime", table, grid=GridConfig("cpu", cpu_points=3),
+        protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
+    )  # fmt: skip
+    return table
+
+
+def _moved_to(table: Path, device: str, out: Path) -> Path:
+    """The same table, its header saying it was measured on `device`."""
+    header, _, body = table.read_text().partition("\n")
+    moved = json.loads(header.split(" ", 2)[2])
+    moved["device"] = device
+    out.write_text(" ".join(header.split(" ", 2)[:2]) + " " + json.dumps(moved) + "\n" + body)
+    return out
+
+
+def test_a_table_of_another_device_is_refused_before_any_training(
+    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = _moved_to(small_ort_table, "Some Other CPU (64 cores)", tmp_path / "other.csv")
+    out = tmp_path / "run"
+    code = main(["prune", *TINY, "--latency", "0.8", "--latency-table", str(other), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "measured on another device ('Some Other CPU (64 cores)'" in err and "--target-device" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / ".pretrain.done.pt").exists(), "refused before training"
+
+
+def test_pruning_for_a_named_target_device_is_an_explicit_choice(
+    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = _moved_to(small_ort_table, "Some Other CPU (64 cores)", tmp_path / "other.csv")
+    flags = [*TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(other), "--target-device", "Some Other CPU (64 cores)"]
+    assert main(["-q", "prune", *flags, "--verify-latency", "--out", str(tmp_path / "v")]) == 2
+    assert "--verify-latency times candidates on this machine" in capsys.readouterr().err
+    assert main(["-q", "prune", *flags, "--out", str(tmp_path / "run")]) == 0
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["latency"] is None and "not timed here" in report["latency_note"]
+
+
+def test_the_shipped_tables_of_another_host_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from hwdsa.lut import packaged_tables
+    from hwdsa.lut.table import LatencyTable
+    from hwdsa.profilers.backend import get_backend
+
+    table = packaged_tables()["cpu-onnxruntime-fp32-b1"]
+    if LatencyTable.read(table).meta.device == get_backend("onnxruntime", num_threads=1).device_description():
+        pytest.skip("this host is the one the shipped table was measured on")
+    argv = ["prune", *TINY, "--latency", "0.5", "--latency-table", str(table), "--out", str(tmp_path / "r")]
+    assert main(argv) == 2
+    assert "measured on another device" in capsys.readouterr().err

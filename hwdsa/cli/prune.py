@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument("--latency-backend", help="no table yet: profile and calibrate this backend (e.g. onnxruntime) first")
     p.add_argument(
+        "--target-device",
+        help="prune for another device than this machine (e.g. an edge board), named as its --latency-table records it; "
+        "without it a table measured elsewhere is refused",
+    )
+    p.add_argument(
         "--verify-latency", action="store_true", default=None,
         help="after the search, time candidate roundings on the table's backend (this machine must be the table's "
         "device) against the dense network, and keep the largest whose measured latency meets --latency",
@@ -96,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
             "latency_backend": args.latency_backend,
             "verify_latency": args.verify_latency,
             "verify_margin": args.verify_margin,
+            "target_device": args.target_device,
         }.items()
         if v is not None
     }

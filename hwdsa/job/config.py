@@ -75,6 +75,9 @@ class PruneJobConfig:
     verify_margin: float = 0.015
     """The share of the budget `verify_latency` keeps free for the noise of the timing itself
     (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
+    target_device: str | None = None
+    """Prune for a device that is not this machine (an edge board profiled with `python -m hwdsa.profilers`):
+    its name as its tables record it. Without it, a latency table measured elsewhere is refused."""
     measure_backend: str | None = "onnxruntime"
     """Time the dense and the pruned network on this backend (one thread) for the report when no latency
     budget's table names the device to time on; None skips the timing."""
@@ -90,6 +93,11 @@ class PruneJobConfig:
             raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
         if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
             raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
+        if self.verify_latency and self.target_device is not None:
+            raise ConfigError(
+                f"--verify-latency times candidates on this machine, but --target-device names another ({self.target_device}): "
+                "drop one of them (verify on the target itself by running hwdsa there)"
+            )
         if not 0 <= self.verify_margin < 0.5:
             raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
 

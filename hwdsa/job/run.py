@@ -338,6 +338,8 @@ class PruneJob:
                 budgets.append(spec.resolve(build_cost(spec.cost, graph)))
                 continue
             table = spec.table or default_table
+            if table is not None:
+                self._check_table_device(table)
             cost = build_cost("latency", graph, latency_table=table)
             if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
                 assert table is not None  # build_cost refused a latency budget without a table
@@ -357,6 +359,28 @@ class PruneJob:
                     budget.cost.name, budget.limit, unit, budget.cost.name, dense, unit,
                 )  # fmt: skip
         return budgets
+
+    def _check_table_device(self, table: str) -> None:
+        """Refuse a table measured on another machine unless `target_device` names that device on purpose."""
+        from hwdsa.errors import BackendUnavailableError, TableError
+        from hwdsa.lut.network import backend_for_table
+        from hwdsa.lut.table import LatencyTable
+
+        meta = LatencyTable.read(table).meta
+        target = self.config.target_device
+        if target is not None:
+            if meta.device != target:
+                raise ConfigError(f"{table} was measured on {meta.device!r}, but --target-device is {target!r}")
+            return
+        try:
+            backend_for_table(meta)
+        except (TableError, BackendUnavailableError) as exc:
+            raise ConfigError(
+                f"{table} was measured on another device ({meta.device!r}, {meta.backend}): {exc}. A table answers only "
+                "for the machine that measured it. Profile this one (hwdsa prune ... --latency-backend "
+                f"{meta.backend}, or hwdsa profile), or, to prune for that device on purpose, pass "
+                f"--target-device {meta.device!r}"
+            ) from exc
 
     def _measure_latency(
         self, model: nn.Module, graph: ChannelGraph, channels: list[int], budgets: list[Budget], timings: dict[str, float]

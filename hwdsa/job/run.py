@@ -21,7 +21,7 @@ from torch import nn
 from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.channels import channels_within_budgets
 from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hwdsa.costs import Budget, FlopsCost, ParamsCost, build_cost, dense_reference
+from hwdsa.costs import Budget, CostModel, FlopsCost, ParamsCost, build_cost, dense_reference
 from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, broadcast_object, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
 from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
@@ -44,6 +44,10 @@ from hwdsa.training import (
 )
 
 _log = logging.getLogger("hwdsa.job")
+
+#: A dense network measuring further than this from its calibration's figure (or than the timing's own
+#: spread, if larger) means the machine no longer runs as when the table was calibrated.
+STALE_CALIBRATION = 0.08
 
 __all__ = ["PruneJob", "resolve_device"]
 
@@ -341,6 +345,8 @@ class PruneJob:
             if table is not None:
                 self._check_table_device(table)
             cost = build_cost("latency", graph, latency_table=table)
+            if table is not None and cfg.target_device is None:
+                self._check_calibration_current(model, graph, cost, table)
             if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
                 assert table is not None  # build_cost refused a latency budget without a table
                 cost.name = f"latency@{Path(table).stem}"
@@ -381,6 +387,28 @@ class PruneJob:
                 f"{meta.backend}, or hwdsa profile), or, to prune for that device on purpose, pass "
                 f"--target-device {meta.device!r}"
             ) from exc
+
+    def _check_calibration_current(self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str) -> None:
+        """Time the dense network once: a calibration made when this machine ran at another level (another
+        load, another CPU under the same name) would set every fraction of dense against a stale figure."""
+        from hwdsa.lut.cost_model import LatencyCost
+        from hwdsa.lut.network import backend_for_table, measure_rounds
+        from hwdsa.lut.table import LatencyTable
+        from hwdsa.profilers.base import quietest
+
+        if not isinstance(cost, LatencyCost) or cost.measured_dense is None or not is_main_process():
+            return
+        backend = backend_for_table(LatencyTable.read(table).meta)
+        now = quietest(measure_rounds(model, graph, [list(graph.group_sizes)], backend, rounds=3)[0])
+        then = cost.measured_dense
+        spread = max(STALE_CALIBRATION, (now.q3_ms - now.q1_ms) / now.median_ms)
+        if abs(now.median_ms / then - 1.0) > spread:
+            raise ConfigError(
+                f"the dense network measures {now.median_ms:.4g} ms here now, but {table}'s calibration recorded "
+                f"{then:.4g} ms ({now.median_ms / then - 1:+.0%}, more than the timing's spread {spread:.0%}): this machine "
+                f"no longer runs as it did when the table was calibrated. Refit it: hwdsa fit {table} --model {self.config.model}"
+            )
+        _log.info("calibration current: the dense network measures %.4g ms (calibrated %.4g ms)", now.median_ms, then)
 
     def _measure_latency(
         self, model: nn.Module, graph: ChannelGraph, channels: list[int], budgets: list[Budget], timings: dict[str, float]

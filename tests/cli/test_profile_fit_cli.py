@@ -178,3 +178,27 @@ def test_a_latency_budget_without_table_or_backend_says_what_to_pass(tmp_path: P
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--latency-table" in err and "--latency-backend" in err
+
+
+def test_prune_refuses_a_calibration_this_machine_no_longer_matches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The dense network is timed once before any work: against a calibration twice as slow, prune says to refit."""
+    model = ["--model", "small_cnn", "--input-shape", "1,28,28"]
+    table = tmp_path / "t.csv"
+    assert main(["-q", "profile", *model, "--backend", "torch_cpu", "--threads", "1", *GRID, *LIGHT, "--out", str(table)]) == 0
+    assert main(["-q", "fit", str(table), *model, "--networks", "3", "--rounds", "1", *LIGHT]) == 0
+    import dataclasses
+
+    from hwdsa.lut.calibrate import attach_calibration
+
+    cal = calibrations(LatencyTable.read(table))["small_cnn"]
+    assert cal.dense_ms is not None
+    stale = tmp_path / "stale.csv"
+    attach_calibration(LatencyTable.read(table), "small_cnn", dataclasses.replace(cal, dense_ms=2 * cal.dense_ms)).write(stale)
+    capsys.readouterr()
+    argv = ["prune", "--data", "digits", "--subset-per-class", "20", "--from-scratch", "--search-epochs", "1",
+            "--latency", "0.6", "--latency-table", str(stale), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no longer runs as it did when the table was calibrated" in err and f"hwdsa fit {stale} --model small_cnn" in err

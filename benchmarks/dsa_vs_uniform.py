@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from hwdsa._io import atomic_path, write_json_atomic, write_text_atomic
+from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.costs import Budget, FlopsCost, uniform_keep_ratio
 from hwdsa.dsa.allocator import AdmmConfig
 from hwdsa.dsa.process import Beta2Schedule
@@ -43,6 +43,7 @@ from hwdsa.models import create_model
 from hwdsa.training import TrainConfig
 
 from _runs import cached_run, finished_runs, paired_interval
+from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.dsa_vs_uniform")
 HERE = Path(__file__).resolve().parent
@@ -211,10 +212,7 @@ def write_report(runs_dir: Path, results: Path) -> None:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     stages = [s for s in ("short", "full") if any(r["stage"] == s for r in rows)]
     if not stages:
@@ -239,10 +237,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax2.set_ylabel("channels kept (first seed)")
         ax2.set_title(f"{stage}: what each method kept")
         ax2.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from hwdsa._io import atomic_path, write_json_atomic, write_text_atomic
+from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.costs import Budget, FlopsCost
 from hwdsa.data import load_dataset, make_loader
 from hwdsa.dsa.allocator import AdmmConfig
@@ -48,6 +48,7 @@ from hwdsa.profilers.base import TimingProtocol
 from hwdsa.training import TrainConfig
 
 from _command import portable_args
+from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.latency_budget")
 
@@ -365,10 +366,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     groups = list(dict.fromkeys((r["backend"], r["model"]) for r in rows))
@@ -385,10 +383,7 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
         ax.set_title(title, fontsize=10)
     axes[0].set_ylabel("measured / requested latency")
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hwdsa._io import atomic_path, write_json_atomic, write_text_atomic
+from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.costs import FlopsCost
 from hwdsa.graph import trace_channel_graph
 from hwdsa.lut.calibrate import fit_calibration
@@ -41,6 +41,7 @@ from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
 
 from _command import portable_args
+from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.latency_prediction")
 
@@ -291,10 +292,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 
 def _plot(path: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = list(dict.fromkeys(s["backend"] for s in summaries))
     models = list(dict.fromkeys(s["model"] for s in summaries))
@@ -319,10 +317,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], summaries: list[dict[str, Any]
             ax.set_ylabel("predicted (ms)")
             ax.set_title(f"{label}, {model}", fontsize=9)
             ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

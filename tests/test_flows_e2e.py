@@ -199,18 +199,11 @@ def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path)
     assert report.pruned.flops_fraction < 0.5
 
 
-def test_verify_latency_times_the_pruned_network_on_the_tables_device(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_latency_times_the_pruned_network_on_the_tables_device(
+    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`--verify-latency`: the counts kept are ones that were timed here against the dense network."""
-    from hwdsa.lut.grid import GridConfig
-    from hwdsa.lut.network import profile_network
-    from hwdsa.models import create_model
-    from hwdsa.profilers import TimingProtocol
-
-    table = tmp_path / "ort.csv"
-    profile_network(
-        create_model("small_cnn", in_channels=1), (1, 28, 28), "onnxruntime", table, grid=GridConfig("cpu", cpu_points=3),
-        protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
-    )  # fmt: skip
+    table = small_ort_table
     out = tmp_path / "run"
     argv = [
         "prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(table), "--verify-latency",
@@ -315,17 +308,10 @@ def test_every_report_times_the_dense_and_the_pruned_network(pretrained: tuple[P
     assert "latency (ms, measured on onnxruntime)" in printed and "speed-up (measured)" in printed
 
 
-def test_a_latency_report_holds_measured_against_requested(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from hwdsa.lut.grid import GridConfig
-    from hwdsa.lut.network import profile_network
-    from hwdsa.models import create_model
-    from hwdsa.profilers import TimingProtocol
-
-    table = tmp_path / "ort.csv"
-    profile_network(
-        create_model("small_cnn", in_channels=1), (1, 28, 28), "onnxruntime", table, grid=GridConfig("cpu", cpu_points=3),
-        protocol=TimingProtocol(warmup=1, repeats=5, max_attempts=1, rounds=1), num_threads=1,
-    )  # fmt: skip
+def test_a_latency_report_holds_measured_against_requested(
+    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = small_ort_table
     out = tmp_path / "run"
     assert main(["-q", "prune", *TINY, "--from-scratch", "--latency", "0.9", "--latency-table", str(table), "--out", str(out)]) == 0
     lat = json.loads((out / "report.json").read_text())["latency"]

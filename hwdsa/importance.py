@@ -3,7 +3,7 @@
 A group's *members* are its mask sites (`ChannelGroup.mask_sites`): the BatchNorm after each producer (or
 the producer itself when it has none) and every other BatchNorm of the group. Each member scores the
 group's channels with an importance *criterion*; the members' scores are then combined into one vector
-per group by an *aggregation* (`hwdsa.dsa.process.aggregate_importance`: "first", the authors' choice, or
+per group by an *aggregation* (`aggregate_importance`: "first", the authors' choice, or
 "sum_normalized"). Both are registries, so a new criterion or aggregation is one decorated function.
 
 Everything returned is detached: importance steers the keep probabilities but takes no gradient.
@@ -12,20 +12,21 @@ Everything returned is detached: importance steers the keep probabilities but ta
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from hwdsa._registry import Registry
-from hwdsa.dsa.process import IMPORTANCE_AGGREGATIONS, aggregate_importance
-from hwdsa.errors import TracingError
+from hwdsa.errors import ConfigError, TracingError
 from hwdsa.graph.structure import ChannelGraph
 
 _log = logging.getLogger(__name__)
 
 __all__ = [
+    "IMPORTANCE_AGGREGATIONS",
     "IMPORTANCE_CRITERIA",
+    "aggregate_importance",
     "group_importance",
     "list_importance_criteria",
     "list_importance_modes",
@@ -40,6 +41,68 @@ Criterion = Callable[[nn.Module, nn.Module | None], Tensor]
 None) → a [C] non-negative tensor."""
 
 IMPORTANCE_CRITERIA: Registry[Criterion] = Registry("importance criterion")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# importance aggregation over a group's members
+# ---------------------------------------------------------------------------------------------------------
+Aggregation = Callable[[Sequence[Tensor]], Tensor]
+
+IMPORTANCE_AGGREGATIONS: Registry[Aggregation] = Registry("importance aggregation")
+
+
+@IMPORTANCE_AGGREGATIONS.register("first", description="the first member's importance (the authors' choice)")
+def _first(per_member: Sequence[Tensor]) -> Tensor:
+    return per_member[0]
+
+
+@IMPORTANCE_AGGREGATIONS.register(
+    "sum_normalized", description="sum over members of each member's importance divided by its own mean"
+)
+def _sum_normalized(per_member: Sequence[Tensor]) -> Tensor:
+    # Dividing by the mean (not the max) makes every member count equally, and one outlier channel
+    # does not shrink the rest of its member's scores.
+    stacked = torch.stack(list(per_member))
+    scale = stacked.mean(dim=1, keepdim=True).clamp_min(torch.finfo(stacked.dtype).tiny)
+    return (stacked / scale).sum(dim=0)
+
+
+@IMPORTANCE_AGGREGATIONS.register("mean", description="plain mean over members of the raw importances")
+def _mean(per_member: Sequence[Tensor]) -> Tensor:
+    return torch.stack(list(per_member)).mean(dim=0)
+
+
+def aggregate_importance(per_member: Sequence[Tensor], mode: str = "first") -> Tensor:
+    """Combine the importances of a channel group's members (e.g. each member BatchNorm's |γ|) into one.
+
+    Modes (`IMPORTANCE_AGGREGATIONS.names()`): "first" (the authors'), "sum_normalized" (Σ_m b_m / mean(b_m),
+    scale-free across members), "mean" (raw mean). The result is detached.
+
+    Args:
+        per_member: one non-negative importance vector [C] per member, all of the group's size C.
+        mode: a registered aggregation name.
+
+    Returns:
+        The group's importance [C].
+
+    Example:
+        >>> aggregate_importance([torch.tensor([1.0, 3.0]), torch.tensor([10.0, 10.0])], "sum_normalized").tolist()
+        [1.5, 2.5]
+    """
+    fn = IMPORTANCE_AGGREGATIONS.get(mode)
+    members = list(per_member)
+    if not members:
+        raise ConfigError("a channel group needs at least one member to take importance from; got none")
+    shape = members[0].shape
+    for i, m in enumerate(members):
+        if m.dim() != 1 or m.shape != shape or m.numel() == 0:
+            raise ConfigError(
+                f"every member's importance must be a non-empty vector with the group's {tuple(shape)} shape; "
+                f"member {i} has shape {tuple(m.shape)}"
+            )
+        if m.device != members[0].device:
+            raise ConfigError(f"member {i}'s importance is on {m.device}, member 0's on {members[0].device}")
+    return fn([m.detach() for m in members])
 
 
 def _filter_l1(module: nn.Module) -> Tensor:

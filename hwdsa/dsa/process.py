@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,15 +25,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from hwdsa._registry import Registry
 from hwdsa.errors import ConfigError, KeepRatioError
 
 _log = logging.getLogger(__name__)
 
 __all__ = [
-    "IMPORTANCE_AGGREGATIONS",
     "Beta2Schedule",
-    "aggregate_importance",
     "deterministic_masks",
     "keep_probabilities",
     "sample_masks",
@@ -392,68 +389,6 @@ def deterministic_masks(importance: Tensor, valid: Tensor, channels: Tensor | Se
     rank = torch.arange(score.shape[1], device=score.device).expand_as(score)
     keep_sorted = rank < k[:, None]
     return torch.zeros_like(valid).scatter(1, order, keep_sorted) & valid
-
-
-# ---------------------------------------------------------------------------------------------------------
-# importance aggregation over a group's members
-# ---------------------------------------------------------------------------------------------------------
-Aggregation = Callable[[Sequence[Tensor]], Tensor]
-
-IMPORTANCE_AGGREGATIONS: Registry[Aggregation] = Registry("importance aggregation")
-
-
-@IMPORTANCE_AGGREGATIONS.register("first", description="the first member's importance (the authors' choice)")
-def _first(per_member: Sequence[Tensor]) -> Tensor:
-    return per_member[0]
-
-
-@IMPORTANCE_AGGREGATIONS.register(
-    "sum_normalized", description="sum over members of each member's importance divided by its own mean"
-)
-def _sum_normalized(per_member: Sequence[Tensor]) -> Tensor:
-    # Dividing by the mean (not the max) makes every member count equally, and one outlier channel
-    # does not shrink the rest of its member's scores.
-    stacked = torch.stack(list(per_member))
-    scale = stacked.mean(dim=1, keepdim=True).clamp_min(torch.finfo(stacked.dtype).tiny)
-    return (stacked / scale).sum(dim=0)
-
-
-@IMPORTANCE_AGGREGATIONS.register("mean", description="plain mean over members of the raw importances")
-def _mean(per_member: Sequence[Tensor]) -> Tensor:
-    return torch.stack(list(per_member)).mean(dim=0)
-
-
-def aggregate_importance(per_member: Sequence[Tensor], mode: str = "first") -> Tensor:
-    """Combine the importances of a channel group's members (e.g. each member BatchNorm's |γ|) into one.
-
-    Modes (`IMPORTANCE_AGGREGATIONS.names()`): "first" (the authors'), "sum_normalized" (Σ_m b_m / mean(b_m),
-    scale-free across members), "mean" (raw mean). The result is detached.
-
-    Args:
-        per_member: one non-negative importance vector [C] per member, all of the group's size C.
-        mode: a registered aggregation name.
-
-    Returns:
-        The group's importance [C].
-
-    Example:
-        >>> aggregate_importance([torch.tensor([1.0, 3.0]), torch.tensor([10.0, 10.0])], "sum_normalized").tolist()
-        [1.5, 2.5]
-    """
-    fn = IMPORTANCE_AGGREGATIONS.get(mode)
-    members = list(per_member)
-    if not members:
-        raise ConfigError("a channel group needs at least one member to take importance from; got none")
-    shape = members[0].shape
-    for i, m in enumerate(members):
-        if m.dim() != 1 or m.shape != shape or m.numel() == 0:
-            raise ConfigError(
-                f"every member's importance must be a non-empty vector with the group's {tuple(shape)} shape; "
-                f"member {i} has shape {tuple(m.shape)}"
-            )
-        if m.device != members[0].device:
-            raise ConfigError(f"member {i}'s importance is on {m.device}, member 0's on {members[0].device}")
-    return fn([m.detach() for m in members])
 
 
 # ---------------------------------------------------------------------------------------------------------

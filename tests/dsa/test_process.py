@@ -10,15 +10,14 @@ import torch
 from torch import Tensor
 
 from hwdsa.dsa.process import (
-    IMPORTANCE_AGGREGATIONS,
     Beta2Schedule,
-    aggregate_importance,
     deterministic_masks,
     keep_probabilities,
     sample_masks,
     solve_threshold,
 )
 from hwdsa.errors import ConfigError, KeepRatioError
+from hwdsa.importance import IMPORTANCE_AGGREGATIONS, aggregate_importance
 
 SIZES = (1, 3, 16, 64, 7)  # mixed group sizes, padded to 64
 

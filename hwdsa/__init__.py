@@ -8,9 +8,22 @@ ONNX Runtime nor TensorRT.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hwdsa._version import __version__ as __version__
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from hwdsa.costs import Budget as Budget, CostModel as CostModel, FlopsCost as FlopsCost, ParamsCost as ParamsCost
+    from hwdsa.counting import count_flops as count_flops, count_params as count_params
+    from hwdsa.data import load_dataset as load_dataset, make_loader as make_loader
+    from hwdsa.dsa.allocator import AdmmConfig as AdmmConfig
+    from hwdsa.dsa.search import DsaSearch as DsaSearch, SearchConfig as SearchConfig, SearchResult as SearchResult
+    from hwdsa.export import export_model as export_model
+    from hwdsa.graph import ChannelGraph as ChannelGraph, trace_channel_graph as trace_channel_graph
+    from hwdsa.job import BudgetSpec as BudgetSpec, PruneJob as PruneJob, PruneJobConfig as PruneJobConfig, PruneReport as PruneReport
+    from hwdsa.lut import LatencyCost as LatencyCost, LatencyTable as LatencyTable
+    from hwdsa.models import create_model as create_model, list_models as list_models
+    from hwdsa.surgery import PruningPlan as PruningPlan, load_pruned as load_pruned, prune as prune, save_pruned as save_pruned
 
 # public name → module that defines it (imported on first access)
 _LAZY: dict[str, str] = {
@@ -36,6 +49,7 @@ _LAZY: dict[str, str] = {
     "PruneJob": "hwdsa.job",
     "PruneJobConfig": "hwdsa.job",
     "BudgetSpec": "hwdsa.job",
+    "PruneReport": "hwdsa.job",
     # models and data
     "create_model": "hwdsa.models",
     "list_models": "hwdsa.models",
@@ -58,3 +72,8 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module_name), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+

@@ -42,6 +42,7 @@ SAME_LAYER = {
     ("checkpoint", "_io"),
     ("data", "distributed"),
     ("dsa", "training"),
+    ("dsa", "surgery"),  # SearchResult.to_plan
     ("training", "distributed"),
     ("channels", "costs"),
     ("lut", "surgery"),

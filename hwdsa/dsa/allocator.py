@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hwdsa.channels import round_channels
 from hwdsa.costs import Budget
 from hwdsa.distributed import all_reduce_mean_
 from hwdsa.dsa.process import MASK_GRADIENTS, Beta2Schedule, deterministic_masks, keep_probabilities, sample_masks
@@ -52,7 +53,8 @@ class AdmmConfig:
             group of a ResNet): the dropped side of every estimator is then zero there. ReLU is positively
             homogeneous, relu(b·m) = m·relu(b) for m ≥ 0, so the slope wanted is the one from the right,
             which a small positive value (e.g. 1e-3) recovers while changing the forward pass by that
-            fraction of the dropped channels only. 0 reproduces the authors' estimator; the default 1e-3 is what lets DSA beat uniform pruning in benchmarks/results/dsa_vs_uniform.md.
+            fraction of the dropped channels only. 0 reproduces the authors' estimator. Which estimator is
+            the default is settled by the ablation in `benchmarks/dsa_vs_uniform.py` (held-out accuracy).
         mask_placement: "before_activation" (the authors': at the groups' BatchNorm outputs) or
             "after_activation" (on the inputs of the layers that read each group, after the activation and
             any residual sum): the same forward pass for masks in {0, 1}, and a dropped channel's slope
@@ -120,6 +122,12 @@ class RatioAllocator:
     def __init__(self, group_sizes: Sequence[int], budgets: Sequence[Budget], config: AdmmConfig, device: torch.device | str = "cpu") -> None:
         if not budgets:
             raise ConfigError("DSA needs at least one budget (e.g. FLOPs, parameters or latency)")
+        names = [b.cost.name for b in budgets]
+        if len(set(names)) != len(names):
+            raise ConfigError(
+                f"one budget per cost, got {names}: two limits on one cost are one limit, the smaller "
+                "(several latency budgets are several devices: give each its own table)"
+            )
         self.group_sizes = tuple(int(c) for c in group_sizes)
         self.budgets = tuple(budgets)
         self.config = config
@@ -236,9 +244,9 @@ class RatioAllocator:
         return [m[g, :c].to(imp.dtype) for g, c in enumerate(self.group_sizes)]
 
     def channels(self, ratios: Tensor | None = None) -> list[int]:
-        """Channel counts round(α·C), at least one per group."""
+        """Channel counts α·C rounded by the one rule (`hwdsa.channels.round_channels`), at least one per group."""
         r = (self.keep_ratios if ratios is None else ratios).detach().cpu().double()
-        return [max(1, min(c, int(torch.round(r[g] * c)))) for g, c in enumerate(self.group_sizes)]
+        return round_channels([float(r[g]) * c for g, c in enumerate(self.group_sizes)], self.group_sizes)
 
     # -- ADMM ----------------------------------------------------------------------------------
     def ratio_step(self, task_loss: Tensor) -> None:

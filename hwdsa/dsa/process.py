@@ -315,11 +315,12 @@ def sample_masks(p: Tensor, generator: torch.Generator | None = None, gradient: 
     at m_c = 0; dropped-only estimates (1 − p_c) times it, so a channel that is rarely dropped passes little
     signal. The reweighted estimator is unbiased for the slope at 0 (the other channels' masks are
     independent of m_c), at the price of more variance where p is near 1; the implicit gradient weights
-    those channels little. On CIFAR ResNet-20 it measured no better than dropped-only (benchmarks/results/
-    dsa_vs_uniform.md). With a BatchNorm downstream in training mode, the loss is invariant to the joint
+    those channels little (on a 500-image-per-class CIFAR-10 subset it measured no better than dropped-only;
+    those results were withdrawn with that regime). With a BatchNorm downstream in training mode, the loss is invariant to the joint
     scale of a group's kept channels, so their slopes cancel (Σ_kept m_c ∂L/∂m_c = 0) and carry no removal
     signal. Where a ReLU follows the mask, a dropped channel's slope is 0 unless the ratio step's masks
-    leak (`AdmmConfig.mask_leak`): without it both dropped-side estimators pass nothing there.
+    leak (`AdmmConfig.mask_leak`) or the masks sit after the activation (`AdmmConfig.mask_placement`):
+    otherwise both dropped-side estimators pass nothing there.
 
     Pass a `torch.Generator` on p's device seeded identically on every DDP rank, so that every rank draws
     the same masks (the masks are shared by the whole batch, as in the paper).

@@ -23,10 +23,10 @@ from hwdsa.channels import channels_within_budgets
 from hwdsa.costs import Budget
 from hwdsa.distributed import barrier, is_main_process, unwrap
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
-from hwdsa.errors import ConfigError
 from hwdsa.graph.structure import ChannelGraph
 from hwdsa.importance import group_importance
 from hwdsa.masking import ChannelMasks
+from hwdsa.surgery.plan import PruningPlan, plan_from_channels
 from hwdsa.training import Batches, TrainConfig, batches_per_epoch, make_optimizer, make_scheduler, set_epoch
 
 _log = logging.getLogger(__name__)
@@ -52,6 +52,12 @@ class SearchResult:
     seconds: float
     weight_steps: int
     ratio_steps: int
+
+    def to_plan(self, model: nn.Module, graph: ChannelGraph, *, importance: str = "first", **meta: Any) -> PruningPlan:
+        """The `PruningPlan` that keeps `channels` in every group: the most important channels of the searched
+        `model` by `importance` (the search's `AdmmConfig.importance`); `meta` as `plan_from_channels` takes it
+        (model_name, num_classes, model_kwargs). Prune with `hwdsa.surgery.prune(model, graph, plan)`."""
+        return plan_from_channels(graph, group_importance(model, graph, mode=importance), self.channels, **meta)
 
 
 def _cycle(loader: Batches, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -209,10 +215,3 @@ class DsaSearch:
             record[f"{b.cost.name}_fraction"] = float(b.cost(alpha.clamp(max=1.0))) / b.cost.dense
             record[f"{b.cost.name}_z_fraction"] = float(b.cost(z.double().cpu())) / b.cost.dense
         return record
-
-
-def validate_budgets(budgets: Sequence[Budget]) -> None:
-    """Refuse duplicate cost names (one budget per cost; several costs may hold at once)."""
-    names = [b.cost.name for b in budgets]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"one budget per cost, got {names}")

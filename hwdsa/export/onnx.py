@@ -45,11 +45,6 @@ def sha256_file(path: str | os.PathLike[str], *, chunk_bytes: int = 1 << 20) -> 
     return digest.hexdigest()
 
 
-def is_qdq_onnx(path: str | os.PathLike[str]) -> bool:
-    """Whether the ONNX graph is explicitly quantised (has QuantizeLinear/DequantizeLinear nodes)."""
-    return bool(onnx_op_types(path) & QDQ_OPS)
-
-
 def onnx_precision(path: str | os.PathLike[str]) -> str:
     """The precision a graph carries in its types: "int8" (Q/DQ nodes), "fp16" (FP16 weights or casts to
     FP16, as `fp16_onnx_from_onnx` makes), else "fp32".

@@ -10,7 +10,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 LAYER_KINDS = ("conv", "linear")
@@ -163,7 +163,6 @@ class TimingProtocol:
     max_attempts: int = 3
     min_run_ms: float = 0.2
     rounds: int = 3
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.repeats < 3 or self.max_attempts < 1 or self.rounds < 1:

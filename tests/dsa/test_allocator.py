@@ -137,3 +137,16 @@ class TestMaskLeak:
     def test_rejects_a_leak_out_of_range(self, leak: float) -> None:
         with pytest.raises(ConfigError, match="mask_leak"):
             AdmmConfig(mask_leak=leak)
+
+
+def test_two_budgets_on_one_cost_are_refused() -> None:
+    from hwdsa.costs import Budget, FlopsCost
+    from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+    from hwdsa.errors import ConfigError
+    from hwdsa.graph import trace_channel_graph
+    from hwdsa.models import create_model
+
+    graph = trace_channel_graph(create_model("small_cnn", in_channels=1), (1, 28, 28))
+    cost = FlopsCost(graph)
+    with pytest.raises(ConfigError, match=r"one budget per cost, got \['flops', 'flops'\]"):
+        RatioAllocator(graph.group_sizes, [Budget.fraction_of_dense(cost, 0.5), Budget.fraction_of_dense(cost, 0.6)], AdmmConfig())

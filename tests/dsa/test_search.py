@@ -128,3 +128,16 @@ def test_distributed_ranks_hold_identical_masks_and_ratios(tmp_path: Path) -> No
     torch.testing.assert_close(r0["logits"], r1["logits"], rtol=0, atol=0)
     torch.testing.assert_close(r0["masks"], r1["masks"], rtol=0, atol=0)
     assert r0["masks"].shape[0] > 2
+
+
+def test_a_search_result_gives_the_plan_that_prunes_to_its_channels() -> None:
+    from hwdsa.surgery import prune
+
+    model, graph, train, holdout = _setup()
+    budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
+    result = DsaSearch(model, graph, [budget], _config(1), torch.device("cpu")).run(train, holdout)
+    plan = result.to_plan(model, graph, model_name="small_cnn")
+    assert list(plan.channels) == result.channels and plan.model_name == "small_cnn"
+    pruned = prune(model, graph, plan)
+    assert FlopsCost(graph).exact(result.channels) <= budget.limit
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())

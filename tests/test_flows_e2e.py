@@ -381,3 +381,12 @@ def test_the_shipped_tables_of_another_host_are_refused(tmp_path: Path, capsys: 
     argv = ["prune", *TINY, "--latency", "0.5", "--latency-table", str(table), "--out", str(tmp_path / "r")]
     assert main(argv) == 2
     assert "measured on another device" in capsys.readouterr().err
+
+
+def test_choices_that_cost_speed_are_warned_about(small_ort_table: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An uncalibrated table, and --round-to off the ONNX Runtime table's channel lattice (multiples of 8)."""
+    argv = ["-q", "prune", *TINY, "--from-scratch", "--latency", "0.9", "--latency-table", str(small_ort_table), "--round-to", "4"]
+    with caplog.at_level("WARNING", logger="hwdsa.job"):
+        assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    assert "--round-to 4 is off" in caplog.text and "channel lattice (multiples of 8)" in caplog.text
+    assert "has no calibration for small_cnn" in caplog.text and f"hwdsa fit {small_ort_table} --model small_cnn" in caplog.text

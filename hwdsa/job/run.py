@@ -345,6 +345,8 @@ class PruneJob:
             if table is not None:
                 self._check_table_device(table)
             cost = build_cost("latency", graph, latency_table=table)
+            if table is not None:
+                self._warn_about_speed(cost, table)
             if table is not None and cfg.target_device is None:
                 self._check_calibration_current(model, graph, cost, table)
             if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
@@ -387,6 +389,27 @@ class PruneJob:
                 f"{meta.backend}, or hwdsa profile), or, to prune for that device on purpose, pass "
                 f"--target-device {meta.device!r}"
             ) from exc
+
+    def _warn_about_speed(self, cost: CostModel, table: str) -> None:
+        """Say so where a choice will cost speed or accuracy on the table's device."""
+        from hwdsa.lut.cost_model import LatencyCost
+        from hwdsa.lut.table import LatencyTable
+
+        multiple = LatencyTable.read(table).meta.channel_multiple
+        round_to = self.config.round_to
+        if multiple > 1 and round_to is not None and round_to % multiple:
+            _log.warning(
+                "--round-to %d is off %s's channel lattice (multiples of %d): counts off it run on slower kernels "
+                "(about 2x on ONNX Runtime's CPU convolutions); use --round-to %d, or leave it out (rounding then keeps to "
+                "the lattice by itself)",
+                round_to, table, multiple, multiple,
+            )  # fmt: skip
+        if isinstance(cost, LatencyCost) and cost.calibration is None:
+            _log.warning(
+                "%s has no calibration for %s: latency is priced as the plain sum of its layers' times, which misses "
+                "whole-network costs (typically 5-40%% off); calibrate it first: hwdsa fit %s --model %s",
+                table, self.config.model, table, self.config.model,
+            )  # fmt: skip
 
     def _check_calibration_current(self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str) -> None:
         """Time the dense network once: a calibration made when this machine ran at another level (another

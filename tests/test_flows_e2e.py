@@ -390,3 +390,16 @@ def test_choices_that_cost_speed_are_warned_about(small_ort_table: Path, tmp_pat
         assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     assert "--round-to 4 is off" in caplog.text and "channel lattice (multiples of 8)" in caplog.text
     assert "has no calibration for small_cnn" in caplog.text and f"hwdsa fit {small_ort_table} --model small_cnn" in caplog.text
+
+
+def test_a_table_whose_fingerprint_differs_is_refused(small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Same CPU name, other instruction set (a VM that masks AVX-512, another stepping): another device."""
+    header, _, body = small_ort_table.read_text().partition("\n")
+    meta = json.loads(header.split(" ", 2)[2])
+    assert meta["fingerprint"]["kind"] == "cpu", "tables profiled here record this host's fingerprint"
+    meta["fingerprint"]["logical_cores"] = 64
+    edited = tmp_path / "edited.csv"
+    edited.write_text(" ".join(header.split(" ", 2)[:2]) + " " + json.dumps(meta) + "\n" + body)
+    assert main(["prune", *TINY, "--latency", "0.8", "--latency-table", str(edited), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "measured on another device" in err and "cores: 64 in the table" in err

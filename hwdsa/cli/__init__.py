@@ -20,6 +20,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "prune": ("hwdsa.cli.prune", "prune a network to a FLOPs, parameter or latency budget with DSA"),
     "export": ("hwdsa.cli.export", "export a pruned network to ONNX, ONNX Runtime and TensorRT, verified and timed"),
     "bench": ("hwdsa.cli.bench", "run the benchmark suite and write its report"),
+    "info": ("hwdsa.cli.info", "show this host's device fingerprint, backends and cached latency tables"),
 }
 
 

@@ -380,15 +380,20 @@ class PruneJob:
             if meta.device != target:
                 raise ConfigError(f"{table} was measured on {meta.device!r}, but --target-device is {target!r}")
             return
-        try:
-            backend_for_table(meta)
-        except (TableError, BackendUnavailableError) as exc:
+        differences = meta.host_differences()
+        if not differences:
+            try:
+                backend_for_table(meta)
+            except (TableError, BackendUnavailableError) as exc:
+                differences = [str(exc)]
+        if differences:
             raise ConfigError(
-                f"{table} was measured on another device ({meta.device!r}, {meta.backend}): {exc}. A table answers only "
-                "for the machine that measured it. Profile this one (hwdsa prune ... --latency-backend "
-                f"{meta.backend}, or hwdsa profile), or, to prune for that device on purpose, pass "
-                f"--target-device {meta.device!r}"
-            ) from exc
+                f"{table} was measured on another device ({meta.device!r}, {meta.backend}): "
+                + "; ".join(differences)
+                + ". A table answers only for the machine that measured it. Profile this one (hwdsa prune ... "
+                f"--latency-backend {meta.backend}, or hwdsa profile; `hwdsa info` lists this host and its tables), "
+                f"or, to prune for that device on purpose, pass --target-device {meta.device!r}"
+            )
 
     def _warn_about_speed(self, cost: CostModel, table: str) -> None:
         """Say so where a choice will cost speed or accuracy on the table's device."""

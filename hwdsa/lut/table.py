@@ -24,7 +24,9 @@ import pandas as pd
 
 from hwdsa._io import atomic_write
 from hwdsa.errors import TableError
+from hwdsa.errors import BackendUnavailableError
 from hwdsa.profilers.base import MEASUREMENT_COLUMNS, SPEC_COLUMNS, LayerSpec, Measurement
+from hwdsa.profilers.device import fingerprint_device_name, fingerprint_differences, fingerprint_id, host_fingerprint
 from hwdsa.profilers.tablefile import (
     BOOL_COLUMNS,
     COLUMNS,
@@ -46,7 +48,8 @@ from hwdsa.profilers.tablefile import (
 
 _log = logging.getLogger(__name__)
 
-_KNOWN_META = (*REQUIRED_META, "versions", "host", "created_at", "protocol", "calibration")
+# "fingerprint_id" is derived from "fingerprint" (recomputed on write), so it is known but not stored.
+_KNOWN_META = (*REQUIRED_META, "versions", "host", "created_at", "protocol", "calibration", "fingerprint", "fingerprint_id")
 
 OnDuplicate = Literal["error", "keep_first", "keep_last", "keep_quietest"]
 
@@ -57,7 +60,8 @@ class TableMeta:
 
     `versions` records library versions (backend, driver, torch ...), `protocol` the `TimingProtocol`
     used, `calibration` what end-to-end calibration learned per network (see `hwdsa.lut.calibrate`),
-    and `extra` any metadata keys this version of hwdsa does not know (kept on rewrite).
+    `fingerprint` the measured device's stable facts (`hwdsa.profilers.device`; None in tables written
+    before fingerprints), and `extra` any metadata keys this version of hwdsa does not know (kept on rewrite).
     """
 
     device: str
@@ -71,6 +75,7 @@ class TableMeta:
     calibration: Mapping[str, Any] = field(default_factory=dict, hash=False)
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False)
     schema_version: int = SCHEMA_VERSION
+    fingerprint: Mapping[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         check_schema_version(self.schema_version, "table metadata")
@@ -82,6 +87,12 @@ class TableMeta:
                 raise TableError(f"table metadata: {name!r} must be a JSON object; got {type(value).__name__}")
             # Own a deep copy, so a caller mutating its dict cannot change a frozen record.
             object.__setattr__(self, name, copy.deepcopy(dict(value)))
+        if self.fingerprint is not None:
+            if not isinstance(self.fingerprint, Mapping) or not isinstance(self.fingerprint.get("kind"), str):
+                raise TableError(
+                    f"table metadata: 'fingerprint' must be a JSON object with a 'kind'; got {self.fingerprint!r}"
+                )
+            object.__setattr__(self, "fingerprint", copy.deepcopy(dict(self.fingerprint)))
         _ = self.channel_multiple  # refuse a malformed value on load, not at first use
 
     def to_json(self, rows: int) -> dict[str, Any]:
@@ -100,6 +111,9 @@ class TableMeta:
         }
         if self.calibration:
             obj["calibration"] = dict(self.calibration)
+        if self.fingerprint is not None:
+            obj["fingerprint"] = dict(self.fingerprint)
+            obj["fingerprint_id"] = self.fingerprint_id
         for key, value in self.extra.items():
             obj.setdefault(key, value)
         return obj
@@ -120,6 +134,7 @@ class TableMeta:
             calibration=obj.get("calibration") or {},
             extra={k: v for k, v in obj.items() if k not in _KNOWN_META},
             schema_version=obj["schema_version"],
+            fingerprint=obj.get("fingerprint"),
         )
 
     @property
@@ -132,6 +147,48 @@ class TableMeta:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TableError(f"table metadata: 'channel_multiple' must be a positive integer; got {value!r}")
         return value
+
+    @property
+    def fingerprint_id(self) -> str | None:
+        """The id of `fingerprint` (`hwdsa.profilers.device.fingerprint_id`), or None for a table without one."""
+        return None if self.fingerprint is None else fingerprint_id(self.fingerprint)
+
+    def host_differences(self, current_fingerprint: Mapping[str, Any] | None = None) -> list[str]:
+        """How the device this table was measured on differs from this host's, one line each ([]: the same).
+
+        Args:
+            current_fingerprint: this host's fingerprint of the table's device kind (`cpu_fingerprint()`,
+                `cuda_fingerprint(i)`). None: computed here, for the GPU the table's "device" option
+                names; a table of a CUDA device checked on a host without one then gets a line saying so.
+
+        A table without a fingerprint (written before hwdsa recorded them) is compared by its `device`
+        name only, and its line says so: the same name is then taken as the same device.
+        """
+        if current_fingerprint is None:
+            kind = self.fingerprint.get("kind") if self.fingerprint is not None else None
+            options = self.extra.get("backend_options")
+            index = options.get("device", 0) if isinstance(options, Mapping) else 0
+            index = index if isinstance(index, int) and not isinstance(index, bool) else 0
+            if kind is None:  # an old table: a GPU backend records the GPU's index among its options
+                kind = "cuda" if isinstance(options, Mapping) and "device" in options else "cpu"
+            if kind not in ("cpu", "cuda"):  # a third-party backend's device: only its backend can name it
+                return [
+                    f"device: {self.device!r} in the table, a {kind!r} device that cannot be checked here without "
+                    "its backend (pass the backend's fingerprint, hwdsa.profilers.device.backend_fingerprint)"
+                ]
+            try:
+                current_fingerprint = host_fingerprint(kind, index)
+            except BackendUnavailableError as exc:
+                return [f"device: {self.device!r} in the table, no CUDA device {index} here ({exc})"]
+        if self.fingerprint is None:
+            here = fingerprint_device_name(current_fingerprint)
+            if self.device == here:
+                return []
+            return [
+                f"device: {self.device!r} in the table, {here!r} here (the table predates device fingerprints, "
+                "so only the device names were compared)"
+            ]
+        return fingerprint_differences(self.fingerprint, current_fingerprint)
 
     def describe(self) -> str:
         """One line naming the conditions, for messages."""

@@ -21,6 +21,7 @@ from hwdsa.errors import TableError
 
 from .backend import Backend, resolve_backend
 from .base import LayerSpec, Measurement, TimingProtocol, quietest
+from .device import backend_fingerprint
 from .specs import common_precision_and_batch, dedupe_specs, spec_label
 from .tablefile import (
     Entry,
@@ -44,7 +45,12 @@ def protocol_record(protocol: TimingProtocol) -> dict[str, Any]:
 
 
 def table_meta(backend: Backend, protocol: TimingProtocol, *, precision: str, batch_size: int) -> dict[str, Any]:
-    """The header metadata of a table measured by `backend` under `protocol`."""
+    """The header metadata of a table measured by `backend` under `protocol`, with the device's fingerprint."""
+    try:
+        fingerprint: dict[str, Any] | None = backend_fingerprint(backend)
+    except Exception as exc:  # an odd /proc or driver must not stop a profiling run: the table then lacks it
+        _log.warning("cannot fingerprint the device of %s (%s: %s); the table records none", backend.name, type(exc).__name__, exc)
+        fingerprint = None
     return make_meta(
         device=backend.device_description(),
         backend=backend.name,
@@ -54,6 +60,7 @@ def table_meta(backend: Backend, protocol: TimingProtocol, *, precision: str, ba
         protocol=protocol_record(protocol),
         backend_options=backend.options(),
         channel_multiple=backend.channel_multiple,
+        fingerprint=fingerprint,
     )
 
 
@@ -211,6 +218,8 @@ def profile_specs(
     write_table(out, [*items, *kept], meta)
     log.remove()
     _report_noise(items)
+    for condition, count in be.take_notes().items():
+        _log.warning("%s: %s in %d of %d layer timings (each one with -v)", be.name, condition, count, total)
     return items
 
 

@@ -35,6 +35,7 @@ from hwdsa._version import __version__
 from hwdsa.errors import TableError
 
 from .base import ACTIVATIONS, LAYER_KINDS, MEASUREMENT_COLUMNS, PRECISIONS, SPEC_COLUMNS, LayerSpec, Measurement
+from .device import fingerprint_id
 
 _log = logging.getLogger(__name__)
 
@@ -88,10 +89,13 @@ def make_meta(
     protocol: Mapping[str, Any] | None = None,
     host: str | None = None,
     created_at: str | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """The metadata object of a table header (without `rows`, which `write_table` sets).
 
+    `fingerprint` (`hwdsa.profilers.device`: the measured device's stable facts) is stored with its id as
+    the optional keys "fingerprint" and "fingerprint_id"; tables written before them still load.
     Unknown keys in `extra` (e.g. `backend_options`) are kept; `hwdsa.lut.TableMeta` carries them over.
     """
     if precision not in PRECISIONS:
@@ -107,6 +111,9 @@ def make_meta(
         "created_at": now_iso() if created_at is None else created_at,
         "protocol": dict(protocol or {}),
     }
+    if fingerprint is not None:
+        meta["fingerprint"] = dict(fingerprint)
+        meta["fingerprint_id"] = fingerprint_id(fingerprint)
     meta.update(extra)
     return meta
 
@@ -510,8 +517,16 @@ def partial_path(out_path: str | os.PathLike[str]) -> Path:
 
 
 def run_identity(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The metadata that must match for measurements to belong in the same table (no host/time)."""
-    return {k: v for k, v in meta.items() if k not in _VOLATILE_META}
+    """The metadata that must match for measurements to belong in the same table (no host/time).
+
+    The protocol of a table written before `TimingProtocol` lost its (always empty) `extra` field carries
+    `"extra": {}`; it is left out, so such a table is extended and resumed as before.
+    """
+    identity = {k: v for k, v in meta.items() if k not in _VOLATILE_META}
+    protocol = identity.get("protocol")
+    if isinstance(protocol, Mapping) and "extra" in protocol and not protocol["extra"]:
+        identity["protocol"] = {k: v for k, v in protocol.items() if k != "extra"}
+    return identity
 
 
 class PartialLog:

@@ -11,7 +11,7 @@ from _profiler_helpers import LIGHT, check_measurement, conv, tiny_specs
 from hwdsa.errors import ConfigError, TableError
 from hwdsa.profilers import get_backend, profile_specs, quietest, read_table
 from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
-from hwdsa.profilers.tablefile import partial_path
+from hwdsa.profilers.tablefile import partial_path, write_table
 
 BACKENDS = ["torch_cpu", "onnxruntime"]
 
@@ -129,6 +129,20 @@ def test_extending_an_existing_table_keeps_its_rows(tmp_path: Path) -> None:
     assert [s for s, _ in rec.seen] == specs[4:]  # specs 2 and 3 came from the existing table
     assert new[:2] == old[2:]
     assert [s for s, _ in read_table(out)[1]] == [*specs[2:], *specs[:2]]  # requested first, then the kept rows
+
+
+def test_a_table_whose_protocol_has_the_old_empty_extra_is_read_and_extended(tmp_path: Path) -> None:
+    # tables written before TimingProtocol lost its `extra` field record `"extra": {}` in their protocol
+    specs = tiny_specs()
+    be = get_backend("onnxruntime", num_threads=1)
+    out = tmp_path / "t.csv"
+    profile_specs(specs[:2], be, LIGHT, out_path=out)
+    meta, entries = read_table(out)
+    write_table(out, entries, {**meta, "protocol": {**meta["protocol"], "extra": {}}})
+    assert read_table(out)[0]["protocol"]["extra"] == {}
+    rec = _Recorder()
+    profile_specs(specs[1:3], be, LIGHT, out_path=out, on_entry=rec)
+    assert [s for s, _ in rec.seen] == specs[2:3]  # spec 1 came from the old table: same conditions
 
 
 def test_existing_table_of_other_conditions_is_refused(tmp_path: Path) -> None:

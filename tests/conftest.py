@@ -31,6 +31,18 @@ def _untracked() -> set[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_table_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The suite's latency tables go to a cache of its own, never the user's (~/.cache/hwdsa)."""
+    before = os.environ.get("HWDSA_CACHE")
+    os.environ["HWDSA_CACHE"] = str(tmp_path_factory.mktemp("hwdsa-cache"))
+    yield
+    if before is None:
+        os.environ.pop("HWDSA_CACHE", None)
+    else:
+        os.environ["HWDSA_CACHE"] = before
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _no_artefacts_left_in_repo() -> Iterator[None]:
     """Tests write under tmp_path only (Lightning Fabric's check): fail if the suite leaves files behind."""
     before = _untracked()

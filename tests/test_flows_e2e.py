@@ -122,7 +122,6 @@ def test_from_scratch_under_two_budgets_with_json_output(tmp_path: Path, capsys:
     [
         (["--flops", "1.5"], r"--flops expects a fraction of the dense cost in \(0, 1\]"),
         (["--flops", "0.001"], "smallest reachable"),
-        (["--latency", "0.5"], "--latency-table"),
         (["--flops", "0.5", "--verify-latency"], "--verify-latency checks a latency budget"),
         (["--flops", "0.5", "--verify-margin", "0.6"], r"--verify-margin is a share of the budget in \[0, 0.5\)"),
     ],

@@ -32,7 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--latency-table", action="append",
         help="lookup table (CSV from `hwdsa profile`) for --latency; the i-th table prices the i-th --latency",
     )  # fmt: skip
-    p.add_argument("--latency-backend", help="no table yet: profile and calibrate this backend (e.g. onnxruntime) first")
+    p.add_argument(
+        "--latency-backend",
+        help="without --latency-table, the backend to price --latency on (default onnxruntime, one thread): this host is "
+        "profiled for the model once, into the table cache ($HWDSA_CACHE or ~/.cache/hwdsa), and reused",
+    )
     p.add_argument(
         "--target-device",
         help="prune for another device than this machine (e.g. an edge board), named as its --latency-table records it; "

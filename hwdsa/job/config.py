@@ -66,7 +66,8 @@ class PruneJobConfig:
     device: str = "auto"
     latency_table: str | None = None
     latency_backend: str | None = None
-    """Profile this backend (e.g. "onnxruntime") into `<out>/latency_table.csv` when no table is given."""
+    """The backend a latency budget without a table is priced on (default ONNX Runtime, one thread): profiled on
+    this host once into the per-user table cache (`hwdsa.lut.cache`), reused by later jobs."""
     fixed_keep_ratios: tuple[float, ...] | None = None
     """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
     verify_latency: bool = False

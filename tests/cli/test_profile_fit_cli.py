@@ -152,32 +152,39 @@ def test_prune_to_a_latency_budget_with_a_table(profiled: Path, tmp_path: Path, 
     assert cost.exact(report["channels"]) == pytest.approx(budget["value"])
 
 
-def test_prune_profiles_the_device_when_given_a_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prune_profiles_this_host_into_the_cache_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--latency without a table: this host is profiled and calibrated into the cache, and the next job reuses it."""
     import hwdsa.lut.network as network
     from hwdsa.profilers.base import TimingProtocol
 
+    monkeypatch.setenv("HWDSA_CACHE", str(tmp_path / "cache"))
     real = network.latency_table_for
     light = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05, rounds=1)
     # the same call `hwdsa prune` makes, on a coarser grid and a lighter protocol to keep the test short
     monkeypatch.setattr(network, "latency_table_for", lambda *a, **k: real(*a, grid=GridConfig("cpu", cpu_points=2), protocol=light, networks=3, **k))
-    run = tmp_path / "run"
+    from hwdsa.profilers.backend import get_backend_class
+
+    ort = get_backend_class("onnxruntime")
+    measured: list[object] = []
+    real_measure = ort.measure
+    monkeypatch.setattr(ort, "measure", lambda self, *a, **k: measured.append(a) or real_measure(self, *a, **k))
     argv = [
         "-q", "prune", "--model", "small_cnn", "--data", "digits", "--subset-per-class", "8", "--from-scratch",
-        "--search-epochs", "1", "--finetune-epochs", "0", "--batch-size", "32",
-        "--latency", "0.7", "--latency-backend", "torch_cpu", "--out", str(run), "--json",
+        "--search-epochs", "1", "--finetune-epochs", "0", "--batch-size", "32", "--latency", "0.7", "--json",
     ]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
     report = json.loads(capsys.readouterr().out)
-    table = LatencyTable.read(run / "latency_table.csv", expect_backend="torch_cpu")
-    assert "small_cnn" in calibrations(table)  # profiled and calibrated before the search
-    assert report["budgets"]["latency"]["value"] <= report["budgets"]["latency"]["limit"] * (1 + 1e-9)
-
-
-def test_a_latency_budget_without_table_or_backend_says_what_to_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["prune", "--model", "small_cnn", "--data", "digits", "--from-scratch", "--latency", "0.5", "--out", str(tmp_path / "r")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "--latency-table" in err and "--latency-backend" in err
+    budget = report["budgets"]["latency"]
+    table = LatencyTable.read(budget["table"], expect_backend="onnxruntime")
+    assert Path(budget["table"]).parent == tmp_path / "cache" and "small_cnn" in calibrations(table)
+    assert table.meta.fingerprint_id in Path(budget["table"]).name
+    assert budget["value"] <= budget["limit"] * (1 + 1e-9)
+    first = len(measured)
+    assert first > 0
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert len(measured) == first, "the second job on this host measures no layer"
 
 
 def test_prune_refuses_a_calibration_this_machine_no_longer_matches(

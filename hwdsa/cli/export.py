@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from hwdsa.errors import ConfigError
-
-FORMATS = ["onnx", "onnxruntime", "tensorrt"]
+from hwdsa.export.formats import FORMATS
+from hwdsa.profilers.base import PRECISIONS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,10 +16,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder (default: <run>/export)")
     p.add_argument(
         "--formats", nargs="+", default=None, choices=FORMATS,
-        help="default: all three, leaving out (with the reason) a backend not installed here; named "
+        help="default: all of them, leaving out (with the reason) a backend not installed here; named "
         "explicitly, a missing backend is an error unless --skip-unavailable",
     )
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="precision of the artefacts (default fp32; int8 is calibrated on training images)")
     p.add_argument("--batch-size", type=int, default=1, help="batch the artefacts are timed (and engines optimised) at")
     p.add_argument("--data", dest="dataset", help="data set for verification and INT8 calibration (default: the one it was pruned on)")
     p.add_argument("--data-root")

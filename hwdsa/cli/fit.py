@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hwdsa.cli.profile import add_model_arguments
-    from hwdsa.profilers.__main__ import add_backend_option_arguments, add_protocol_arguments
+    from hwdsa.lut.calibrate import CALIBRATION_METHODS
+    from hwdsa.profilers.cli_flags import add_backend_option_arguments, add_protocol_arguments
 
     p.add_argument("table", help="latency table (.csv from `hwdsa profile`)")
     add_model_arguments(p)
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="how counts between grid points are priced: linear, ceil, or ceil:N (padded to multiples of N, e.g. "
         "ceil:16 for ONNX Runtime's NCHWc kernels on AVX-512); stored with the table (default: the table's, else linear)",
     )  # fmt: skip
-    p.add_argument("--method", default="huber", choices=["huber", "linear"], help="regression of the calibration (default huber)")
+    p.add_argument("--method", default="huber", choices=CALIBRATION_METHODS, help="regression of the calibration (default huber)")
     p.add_argument(
         "--anchor-dense", action="store_true",
         help="make the fit go through the dense network's measurement (default: fit it like the others; --latency 0.5 "
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def backend_for_table(meta: Any, args: argparse.Namespace) -> Backend:
     """The table's backend with the options it was measured with, overridden by the flags given."""
     from hwdsa.lut.network import backend_for_table as for_table
-    from hwdsa.profilers.__main__ import backend_options_from_args
+    from hwdsa.profilers.cli_flags import backend_options_from_args
 
     return for_table(meta, **backend_options_from_args(args))
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from hwdsa.lut.grid import paddings_from_model
     from hwdsa.lut.network import calibrate_table
     from hwdsa.lut.table import LatencyTable
-    from hwdsa.profilers.__main__ import protocol_from_args
+    from hwdsa.profilers.cli_flags import protocol_from_args
 
     table = LatencyTable.read(args.table)
     model, shape = build_model(args)

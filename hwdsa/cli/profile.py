@@ -49,17 +49,19 @@ def build_model(args: argparse.Namespace) -> tuple[nn.Module, tuple[int, int, in
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from hwdsa.profilers.__main__ import add_backend_arguments
+    from hwdsa.lut.grid import GRID_MODES
+    from hwdsa.profilers.base import PRECISIONS
+    from hwdsa.profilers.cli_flags import add_backend_arguments
 
     add_model_arguments(p)
     add_backend_arguments(p, default=None)
     g = p.add_argument_group("grid (which channel counts are measured; see hwdsa.lut.grid.GridConfig)")
-    g.add_argument("--grid", default="gpu", choices=["gpu", "cpu", "full"], help="gpu: every multiple (steps); cpu: geometric; full: every count")
+    g.add_argument("--grid", default="gpu", choices=GRID_MODES, help="gpu: every multiple (steps); cpu: geometric; full: every count (default gpu)")
     g.add_argument("--grid-multiple", type=int, default=8, help="step of the gpu grid, snap of the cpu grid (default 8)")
     g.add_argument("--grid-max-points", type=int, default=32, help="most multiples per axis in gpu mode (default 32)")
     g.add_argument("--cpu-points", type=int, default=10, help="geometric points per axis in cpu mode (default 10)")
     p.add_argument("--batch-size", type=int, default=1, help="batch size the layers are timed at (default 1)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="precision the layers are timed at (default fp32; a backend refuses one it does not measure)")
     p.add_argument("--note", help="free text stored in the table's metadata (e.g. what else loaded the machine)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
 
@@ -67,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hwdsa.lut.grid import GridConfig
     from hwdsa.lut.network import profile_network
-    from hwdsa.profilers.__main__ import backend_options_from_args, protocol_from_args
+    from hwdsa.profilers.cli_flags import backend_options_from_args, protocol_from_args
     from hwdsa.profilers.backend import get_backend
 
     if args.batch_size < 1:

@@ -5,59 +5,80 @@ running it (`session_from_onnx` + `OrtRunner`, `engine_from_file` + `TrtRunner`)
 PyTorch (`compare_outputs`) are separate steps; `export_model` chains them for `hwdsa export`, times each
 artefact with the profilers' backends and compares it with the cost model's prediction and the run's
 budget (`LatencyTargets`, read from a `hwdsa prune` folder by `latency_targets_from_run`).
-Importing this package loads neither onnxruntime nor tensorrt.
+Names are imported lazily: importing this package loads neither torch, onnx, onnxruntime nor tensorrt
+(`hwdsa.export.formats`, which the command line's choices read, imports nothing).
 """
 
 from __future__ import annotations
 
-from hwdsa.export.compare import ComparisonReport as ComparisonReport
-from hwdsa.export.compare import Runner as Runner
-from hwdsa.export.compare import Tolerance as Tolerance
-from hwdsa.export.compare import compare_outputs as compare_outputs
-from hwdsa.export.deploy import FORMATS as FORMATS
-from hwdsa.export.deploy import DeploymentReport as DeploymentReport
-from hwdsa.export.deploy import export_model as export_model
-from hwdsa.export.deploy import read_deployment_reports as read_deployment_reports
-from hwdsa.export.deploy import write_deployment_reports as write_deployment_reports
-from hwdsa.export.onnx import onnx_from_module as onnx_from_module
-from hwdsa.export.onnxruntime import OrtRunner as OrtRunner
-from hwdsa.export.onnxruntime import session_from_onnx as session_from_onnx
-from hwdsa.export.onnxruntime import time_session as time_session
-from hwdsa.export.quantize import fp16_onnx_from_onnx as fp16_onnx_from_onnx
-from hwdsa.export.quantize import qdq_onnx_from_onnx as qdq_onnx_from_onnx
-from hwdsa.export.targets import Conditions as Conditions
-from hwdsa.export.targets import LatencyTargets as LatencyTargets
-from hwdsa.export.targets import latency_targets_from_run as latency_targets_from_run
-from hwdsa.export.tensorrt import EngineRecord as EngineRecord
-from hwdsa.export.tensorrt import TrtRunner as TrtRunner
-from hwdsa.export.tensorrt import check_engine_record as check_engine_record
-from hwdsa.export.tensorrt import engine_from_file as engine_from_file
-from hwdsa.export.tensorrt import engine_from_onnx as engine_from_onnx
-from hwdsa.export.tensorrt import time_engine as time_engine
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "FORMATS",
-    "ComparisonReport",
-    "Conditions",
-    "DeploymentReport",
-    "EngineRecord",
-    "LatencyTargets",
-    "OrtRunner",
-    "Runner",
-    "Tolerance",
-    "TrtRunner",
-    "check_engine_record",
-    "compare_outputs",
-    "engine_from_file",
-    "engine_from_onnx",
-    "export_model",
-    "fp16_onnx_from_onnx",
-    "latency_targets_from_run",
-    "onnx_from_module",
-    "qdq_onnx_from_onnx",
-    "read_deployment_reports",
-    "session_from_onnx",
-    "time_engine",
-    "time_session",
-    "write_deployment_reports",
-]
+if TYPE_CHECKING:
+    from hwdsa.export.compare import ComparisonReport as ComparisonReport
+    from hwdsa.export.compare import Runner as Runner
+    from hwdsa.export.compare import Tolerance as Tolerance
+    from hwdsa.export.compare import compare_outputs as compare_outputs
+    from hwdsa.export.deploy import DeploymentReport as DeploymentReport
+    from hwdsa.export.deploy import export_model as export_model
+    from hwdsa.export.deploy import read_deployment_reports as read_deployment_reports
+    from hwdsa.export.deploy import write_deployment_reports as write_deployment_reports
+    from hwdsa.export.formats import FORMATS as FORMATS
+    from hwdsa.export.onnx import onnx_from_module as onnx_from_module
+    from hwdsa.export.onnxruntime import OrtRunner as OrtRunner
+    from hwdsa.export.onnxruntime import session_from_onnx as session_from_onnx
+    from hwdsa.export.onnxruntime import time_session as time_session
+    from hwdsa.export.quantize import fp16_onnx_from_onnx as fp16_onnx_from_onnx
+    from hwdsa.export.quantize import qdq_onnx_from_onnx as qdq_onnx_from_onnx
+    from hwdsa.export.targets import Conditions as Conditions
+    from hwdsa.export.targets import LatencyTargets as LatencyTargets
+    from hwdsa.export.targets import latency_targets_from_run as latency_targets_from_run
+    from hwdsa.export.tensorrt import EngineRecord as EngineRecord
+    from hwdsa.export.tensorrt import TrtRunner as TrtRunner
+    from hwdsa.export.tensorrt import check_engine_record as check_engine_record
+    from hwdsa.export.tensorrt import engine_from_file as engine_from_file
+    from hwdsa.export.tensorrt import engine_from_onnx as engine_from_onnx
+    from hwdsa.export.tensorrt import time_engine as time_engine
+
+_LAZY: dict[str, str] = {
+    "ComparisonReport": "hwdsa.export.compare",
+    "Runner": "hwdsa.export.compare",
+    "Tolerance": "hwdsa.export.compare",
+    "compare_outputs": "hwdsa.export.compare",
+    "FORMATS": "hwdsa.export.formats",
+    "DeploymentReport": "hwdsa.export.deploy",
+    "export_model": "hwdsa.export.deploy",
+    "read_deployment_reports": "hwdsa.export.deploy",
+    "write_deployment_reports": "hwdsa.export.deploy",
+    "onnx_from_module": "hwdsa.export.onnx",
+    "OrtRunner": "hwdsa.export.onnxruntime",
+    "session_from_onnx": "hwdsa.export.onnxruntime",
+    "time_session": "hwdsa.export.onnxruntime",
+    "fp16_onnx_from_onnx": "hwdsa.export.quantize",
+    "qdq_onnx_from_onnx": "hwdsa.export.quantize",
+    "Conditions": "hwdsa.export.targets",
+    "LatencyTargets": "hwdsa.export.targets",
+    "latency_targets_from_run": "hwdsa.export.targets",
+    "EngineRecord": "hwdsa.export.tensorrt",
+    "TrtRunner": "hwdsa.export.tensorrt",
+    "check_engine_record": "hwdsa.export.tensorrt",
+    "engine_from_file": "hwdsa.export.tensorrt",
+    "engine_from_onnx": "hwdsa.export.tensorrt",
+    "time_engine": "hwdsa.export.tensorrt",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'hwdsa.export' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

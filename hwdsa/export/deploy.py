@@ -26,6 +26,7 @@ from hwdsa._version import __version__
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.export._data import BatchSource, as_batches
 from hwdsa.export.compare import ComparisonReport, Tolerance, compare_outputs
+from hwdsa.export.formats import FORMATS
 from hwdsa.export.onnx import DEFAULT_OPSET, check_input_shape, model_name, onnx_from_module
 from hwdsa.export.targets import Conditions, LatencyTargets
 from hwdsa.profilers.backend import Backend
@@ -33,7 +34,6 @@ from hwdsa.profilers.base import PRECISIONS, Measurement, TimingProtocol
 
 _log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "onnxruntime", "tensorrt")
 REPORT_SCHEMA_VERSION = 2
 _READABLE_SCHEMA_VERSIONS = (1, 2)  # version 1 lacked the fields that now have defaults
 REPORT_NAME = "report.json"
@@ -173,22 +173,22 @@ def _random_batches(input_shape: tuple[int, ...], n: int = 2) -> list[torch.Tens
 def _unavailable_reason(fmt: str, providers: Sequence[str] | None) -> str | None:
     """Why `fmt` cannot be produced here (None when it can); checked before any work is done."""
     if fmt == "tensorrt":
-        from hwdsa.export.tensorrt import _require_cuda
+        from hwdsa.export.tensorrt import require_cuda
         from hwdsa.profilers.tensorrt import import_tensorrt
 
         try:
             import_tensorrt()
-            _require_cuda()
+            require_cuda()
         except BackendUnavailableError as exc:
             return str(exc)
     elif fmt == "onnxruntime":
-        from hwdsa.export.onnxruntime import _import_onnxruntime, _usable
+        from hwdsa.export.onnxruntime import import_onnxruntime, provider_usable
 
         try:
-            _import_onnxruntime()
+            import_onnxruntime()
         except BackendUnavailableError as exc:
             return str(exc)
-        unusable = [p for p in providers or () if not _usable(p)]
+        unusable = [p for p in providers or () if not provider_usable(p)]
         if unusable:
             return f"ONNX Runtime provider(s) {unusable} cannot run here (no CUDA device, or TensorRT missing)"
     return None

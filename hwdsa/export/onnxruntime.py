@@ -31,7 +31,8 @@ PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CP
 _NEEDS_CUDA = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
 
 
-def _import_onnxruntime() -> Any:
+def import_onnxruntime() -> Any:
+    """The `onnxruntime` module; BackendUnavailableError, with the command that installs it, when it is missing."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -41,7 +42,7 @@ def _import_onnxruntime() -> Any:
     return onnxruntime
 
 
-def _usable(provider: str) -> bool:
+def provider_usable(provider: str) -> bool:
     """Whether a listed provider can run here (hardware and libraries present), without loading it."""
     if provider not in _NEEDS_CUDA:
         return True
@@ -56,8 +57,8 @@ def _usable(provider: str) -> bool:
 
 def default_providers() -> list[str]:
     """The providers `session_from_onnx` asks for by default: TensorRT > CUDA > CPU, those usable here."""
-    available = set(_import_onnxruntime().get_available_providers())
-    chosen = [p for p in PROVIDER_PREFERENCE if p in available and _usable(p)]
+    available = set(import_onnxruntime().get_available_providers())
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available and provider_usable(p)]
     return chosen or ["CPUExecutionProvider"]
 
 
@@ -84,7 +85,7 @@ def session_from_onnx(
         BackendUnavailableError: a requested provider cannot run here.
         ExportError: ONNX Runtime cannot load the file.
     """
-    ort_module = _import_onnxruntime()
+    ort_module = import_onnxruntime()
     if threads is not None and int(threads) < 1:
         raise ConfigError(f"threads must be >= 1 or None; got {threads}")
     available = list(ort_module.get_available_providers())
@@ -99,7 +100,7 @@ def session_from_onnx(
                 f"unknown or unavailable ONNX Runtime provider(s) {unknown or requested}; "
                 f"available: {', '.join(available)}"
             )
-        unusable = [p for p in requested if not _usable(p)]
+        unusable = [p for p in requested if not provider_usable(p)]
         if unusable:
             raise BackendUnavailableError(
                 f"ONNX Runtime provider(s) {unusable} cannot run here: "

@@ -78,7 +78,8 @@ def is_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _require_cuda() -> None:
+def require_cuda() -> None:
+    """Refuse (BackendUnavailableError) when torch sees no CUDA device: engines are built and run on one."""
     if not torch.cuda.is_available():
         raise BackendUnavailableError("TensorRT needs a CUDA device, and torch sees none here")
 
@@ -88,7 +89,7 @@ def current_environment() -> dict[str, str]:
     import_tensorrt()
     import tensorrt as trt
 
-    _require_cuda()
+    require_cuda()
     index = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
     return {
@@ -325,7 +326,7 @@ def engine_from_onnx(
         raise ConfigError(f"{source} is an FP16 graph; build it with precision='fp16', or pass the FP32 graph")
 
     import_tensorrt()
-    _require_cuda()
+    require_cuda()
     if precision == "int8" and graph_precision != "int8":
         from hwdsa.export.quantize import qdq_onnx_from_onnx
 

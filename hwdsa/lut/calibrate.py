@@ -23,7 +23,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 CalibrationMethod = Literal["huber", "linear"]
+#: The regressions `fit_calibration` offers (`hwdsa fit --method`).
+CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 
 
 def graph_signature(graph: ChannelGraph) -> str:
@@ -217,8 +219,8 @@ def fit_calibration(
         ConfigError: too few pairs, or a non-positive measured latency.
         TableError: the fitted scale is not positive (the layer sums do not explain the measurements).
     """
-    if method not in ("huber", "linear"):
-        raise ConfigError(f"calibration method must be 'huber' or 'linear'; got {method!r}")
+    if method not in CALIBRATION_METHODS:
+        raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}; got {method!r}")
     need = 3 if fit_offset else 2
     if len(pairs) < need:
         raise ConfigError(
@@ -408,6 +410,7 @@ def attach_calibration(table: LatencyTable, name: str, calibration: Calibration)
 
 
 __all__ = [
+    "CALIBRATION_METHODS",
     "EARN_ITS_PLACE",
     "MIN_PAIRS_FOR_WEIGHT_FLOOR",
     "MIN_PAIRS_PER_SIDE_FOR_SPILL",

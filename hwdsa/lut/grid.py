@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from hwdsa.errors import ConfigError
 from hwdsa.graph.structure import ChannelGraph, LayerNode
@@ -21,6 +21,8 @@ from hwdsa.profilers.base import ACTIVATIONS, PRECISIONS, LayerSpec
 _log = logging.getLogger(__name__)
 
 GridMode = Literal["gpu", "cpu", "full"]
+#: The grid modes (`GridConfig.mode`), as `hwdsa profile --grid` offers them.
+GRID_MODES: tuple[str, ...] = get_args(GridMode)
 
 
 @dataclass(frozen=True)
@@ -45,8 +47,8 @@ class GridConfig:
     cpu_points: int = 10
 
     def __post_init__(self) -> None:
-        if self.mode not in ("gpu", "cpu", "full"):
-            raise ConfigError(f"GridConfig.mode must be 'gpu', 'cpu' or 'full'; got {self.mode!r}")
+        if self.mode not in GRID_MODES:
+            raise ConfigError(f"GridConfig.mode must be one of {', '.join(GRID_MODES)}; got {self.mode!r}")
         if self.multiple < 1:
             raise ConfigError(f"GridConfig.multiple must be >= 1; got {self.multiple}")
         if self.max_points < 2:
@@ -403,6 +405,7 @@ def grid_specs(graph: ChannelGraph, **kwargs: Any) -> list[LayerSpec]:
 
 
 __all__ = [
+    "GRID_MODES",
     "Axis",
     "GridConfig",
     "GridPlan",

@@ -19,58 +19,11 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from hwdsa.errors import ConfigError, HwdsaError
+from hwdsa.errors import HwdsaError
 
-from .base import TimingProtocol
+from .cli_flags import add_backend_arguments, backend_options_from_args, protocol_from_args
 from .tablefile import partial_path
-
-
-def add_protocol_arguments(p: argparse.ArgumentParser) -> None:
-    """The timing-protocol flags (read them with `protocol_from_args`)."""
-    d = TimingProtocol()
-    g = p.add_argument_group("timing protocol")
-    g.add_argument("--warmup", type=int, default=d.warmup, help=f"discarded runs first (default {d.warmup})")
-    g.add_argument("--repeats", type=int, default=d.repeats, help=f"timed runs per attempt (default {d.repeats})")
-    g.add_argument(
-        "--max-rel-iqr", type=float, default=d.max_rel_iqr,
-        help=f"re-measure when (q3-q1)/median exceeds this (default {d.max_rel_iqr})",
-    )  # fmt: skip
-    g.add_argument("--max-attempts", type=int, default=d.max_attempts, help=f"attempts per entry (default {d.max_attempts})")
-    g.add_argument(
-        "--min-run-ms", type=float, default=d.min_run_ms,
-        help=f"shorter runs are repeated inside one sample (default {d.min_run_ms} ms)",
-    )  # fmt: skip
-    g.add_argument(
-        "--rounds", type=int, default=d.rounds,
-        help="measurements at different times, the quietest (lowest median) kept: passes over the table when "
-        f"profiling, interleaved rounds over the networks when calibrating (default {d.rounds})",
-    )  # fmt: skip
-
-
-def add_backend_option_arguments(p: argparse.ArgumentParser, *, from_table: bool = False) -> None:
-    """--threads, --device, --backend-option (read them with `backend_options_from_args`); `from_table`:
-    unset flags fall back to what the table being calibrated recorded (`hwdsa fit`)."""
-    if from_table:
-        threads, device, option = "default: the ones the table was measured with", "", " (default: the table's)"
-    else:
-        threads, device, option = "CPU backends; default: the library's", "; default 0", ""
-    p.add_argument("--threads", type=int, default=None, help=f"intra-op threads ({threads})")
-    p.add_argument("--device", type=int, default=None, help=f"GPU index (CUDA backends{device})")
-    p.add_argument(
-        "--backend-option", action="append", default=[], metavar="KEY=VALUE",
-        help=f"another backend option{option}, VALUE as JSON (e.g. workspace_bytes=2147483648); repeatable",
-    )  # fmt: skip
-
-
-def add_backend_arguments(p: argparse.ArgumentParser, *, default: str | None) -> None:
-    """--backend and its options, --out, --no-resume and the timing protocol (the agent's and `hwdsa profile`'s)."""
-    p.add_argument("--backend", required=default is None, default=default, help="backend name (see list-backends)")
-    add_backend_option_arguments(p)
-    p.add_argument("--out", required=True, help="the latency table to write (.csv)")
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming an interrupted run")
-    add_protocol_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,37 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", help="specs file (JSON, from hwdsa.profilers.write_specs)")
     add_backend_arguments(p, default=None)
     return parser
-
-
-def protocol_from_args(args: argparse.Namespace) -> TimingProtocol:
-    try:
-        return TimingProtocol(
-            warmup=args.warmup,
-            repeats=args.repeats,
-            max_rel_iqr=args.max_rel_iqr,
-            max_attempts=args.max_attempts,
-            min_run_ms=args.min_run_ms,
-            rounds=args.rounds,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def backend_options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {}
-    if args.threads is not None:
-        options["num_threads"] = args.threads
-    if args.device is not None:
-        options["device"] = args.device
-    for item in args.backend_option:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--backend-option takes KEY=VALUE; got {item!r}")
-        try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value  # a bare string
-    return options
 
 
 @contextlib.contextmanager

@@ -386,8 +386,15 @@ class TestRefusals:
         with pytest.raises(BudgetInfeasibleError, match="smallest reachable"):
             project_onto_budget(torch.ones(2, dtype=F64), linear_cost([8.0, 8.0], 4.0), 5.0, lower=0.125)
 
-    def test_feasible_budget_passes(self) -> None:
-        check_feasible(linear_cost([8.0, 8.0], 4.0), 6.0, lower=0.125)
+    def test_the_smallest_reachable_cost_is_the_boundary_of_feasibility(self) -> None:
+        cost = linear_cost([8.0, 8.0], 4.0)  # at ratio 1/8: 1 + 1 + 4 = 6
+        check_feasible(cost, 6.0, lower=0.125)  # the boundary itself is reachable: no error
+        with pytest.raises(BudgetInfeasibleError, match="smallest reachable quadratic cost 6 MACs"):
+            check_feasible(cost, 6.0 * (1 - 1e-9), lower=0.125)
+        check_feasible(cost, 5.0, lower=0.0625)  # refused above at 1/8; reachable at 1/16: 0.5 + 0.5 + 4
+        torch.testing.assert_close(  # and the projection reaches it at the lower corner
+            project_onto_budget(torch.ones(2, dtype=F64), cost, 5.0, lower=0.0625), torch.full((2,), 0.0625, dtype=F64)
+        )
 
     def test_per_group_lower_bounds_show_their_range(self) -> None:
         with pytest.raises(BudgetInfeasibleError, match=r"lower bound 0\.1\.\.0\.5"):

@@ -278,7 +278,7 @@ def test_the_shipped_engine_is_built_with_the_timing_backends_settings_and_timed
 
     monkeypatch.setattr(profilers_trt, "import_tensorrt", lambda: None)
     monkeypatch.setattr(profilers_trt, "cuda_error_or_none", lambda: None)
-    monkeypatch.setattr(export_trt, "_require_cuda", lambda: None)
+    monkeypatch.setattr(export_trt, "require_cuda", lambda: None)
     monkeypatch.setattr(export_trt, "engine_from_onnx", fake_engine_from_onnx)
     monkeypatch.setattr(export_trt, "TrtRunner", FakeRunner)
     monkeypatch.setattr(TensorRTBackend, "engine_session", fake_engine_session)

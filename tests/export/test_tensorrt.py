@@ -451,7 +451,7 @@ def test_engine_from_onnx_builds_through_the_shared_builder(
         )
 
     monkeypatch.setattr(export_trt, "import_tensorrt", lambda: None)
-    monkeypatch.setattr(export_trt, "_require_cuda", lambda: None)
+    monkeypatch.setattr(export_trt, "require_cuda", lambda: None)
     monkeypatch.setattr(export_trt, "current_environment", lambda: dict(ENV))
     monkeypatch.setattr(export_trt, "build_engine", fake_build)
     engine = tmp_path / "m.engine"

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hwdsa.profilers.backend import Backend
 from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,40 @@ def check_measurement(m: Measurement, protocol: TimingProtocol = LIGHT) -> None:
     assert m.min_ms <= m.q1_ms <= m.median_ms <= m.q3_ms
     assert m.repeats == protocol.repeats
     assert 1 <= m.attempts <= protocol.max_attempts
+
+
+def macs(spec: LayerSpec) -> int:
+    """Multiply-accumulates of one layer spec (its batch included)."""
+    if spec.kind == "linear":
+        return spec.batch_size * spec.in_channels * spec.out_channels
+    oh, ow = spec.out_size
+    kh, kw = spec.kernel
+    return spec.batch_size * (spec.in_channels // spec.groups) * spec.out_channels * kh * kw * oh * ow
+
+
+#: Pairs of (small, big) layers for `assert_more_work_is_slower`: the big one has twice the channels in and
+#: out and twice the side (16x the MACs), or four times the features (16x), sizes at which the work, not
+#: the call overhead, sets the time on a CPU.
+MORE_WORK = {
+    "conv": (conv(16, 16, size=16), conv(32, 32, size=32)),
+    "linear": (LayerSpec("linear", 256, 256), LayerSpec("linear", 1024, 1024)),
+}
+
+
+def assert_more_work_is_slower(backend: Backend, small: LayerSpec, big: LayerSpec, *, min_ratio: float = 1.5) -> None:
+    """`big` (at least 8x the MACs of `small`) is measured at least `min_ratio` times slower: timings track work.
+
+    Each is measured twice, alternately, and its lower median kept (noise only adds time), so one disturbed
+    measurement cannot decide; the true ratio is several times `min_ratio` on every CPU backend here.
+    """
+    assert macs(big) >= 8 * macs(small), "the pair must differ by at least 8x the work"
+    medians: dict[LayerSpec, list[float]] = {small: [], big: []}
+    for spec in (small, big, small, big):
+        m = backend.measure(spec, LIGHT)
+        check_measurement(m)
+        medians[spec].append(m.median_ms)
+    fast, slow = min(medians[small]), min(medians[big])
+    assert slow >= min_ratio * fast, f"{backend.name}: {macs(big) / macs(small):.0f}x the MACs took {slow:.4g} ms vs {fast:.4g} ms"
 
 
 # Run code with torch, pandas and friends blocked, as on a board that has only numpy and onnxruntime.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +24,19 @@ def test_cpu_description_without_model_name_still_names_something() -> None:
     assert text.endswith(f"({os.cpu_count()} cores)") and len(text) > len(" (1 cores)")
 
 
-def test_cpu_description_is_stable() -> None:
-    assert cpu_description() == cpu_description()
-    assert "cores)" in cpu_description()
+def test_cpu_description_ignores_what_changes_between_runs() -> None:
+    # clock speed and BogoMIPS move with load and power state; the description must not
+    busy = X86.replace("model name", "cpu MHz\t\t: 3500.123\nbogomips\t: 4890.85\nmodel name")
+    idle = X86.replace("model name", "cpu MHz\t\t: 1500.000\nbogomips\t: 4891.02\nmodel name")
+    assert busy != idle and cpu_description(busy) == cpu_description(idle) == cpu_description(X86)
+
+
+def test_cpu_description_reads_this_machines_cpuinfo() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo here")
+    assert cpu_description() == cpu_description(cpuinfo.read_text(encoding="utf-8", errors="replace"))
+    assert cpu_description().endswith(f"({os.cpu_count()} cores)")
 
 
 def test_cuda_driver_state_is_reported_not_raised() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from _profiler_helpers import LIGHT, check_measurement, conv, tiny_specs
+from _profiler_helpers import LIGHT, MORE_WORK, assert_more_work_is_slower, check_measurement, conv, tiny_specs
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.profilers import get_backend, get_backend_class, measure_network
 from hwdsa.profilers.base import LayerSpec
@@ -22,9 +23,12 @@ def test_measures_every_layer_kind() -> None:
         check_measurement(be.measure(spec, LIGHT))
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_lower_precisions_run_on_the_cpu(precision: str) -> None:
-    check_measurement(get_backend("onnxruntime", num_threads=1).measure(LayerSpec("linear", 16, 8, precision=precision), LIGHT))
+@pytest.mark.parametrize("kind", sorted(MORE_WORK))
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_bigger_layer_is_slower_at_every_precision(precision: str, kind: str) -> None:
+    """Timings track work: 16x the MACs is measured at least 1.5x slower (several times in practice)."""
+    small, big = (replace(spec, precision=precision) for spec in MORE_WORK[kind])
+    assert_more_work_is_slower(get_backend("onnxruntime", num_threads=1), small, big)
 
 
 def test_uses_the_bundle_file_when_given(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _profiler_helpers import LIGHT, check_measurement, conv, tiny_specs
+from _profiler_helpers import LIGHT, MORE_WORK, assert_more_work_is_slower, check_measurement, conv, tiny_specs
 from hwdsa.errors import ConfigError
 from hwdsa.profilers import get_backend, measure_network
 
@@ -28,12 +28,10 @@ def test_thread_setting_is_applied_and_restored() -> None:
     assert be.options() == {"num_threads": 1}
 
 
-def test_bigger_layer_is_slower() -> None:
-    """A sanity check that timings track work: 64x more MACs is clearly slower."""
-    be = get_backend("torch_cpu", num_threads=1)
-    small = be.measure(conv(4, 4, size=8), LIGHT).median_ms
-    big = be.measure(conv(32, 32, size=16), LIGHT).median_ms
-    assert big > small
+@pytest.mark.parametrize("kind", sorted(MORE_WORK))
+def test_bigger_layer_is_slower(kind: str) -> None:
+    """Timings track work: 16x the MACs is measured at least 1.5x slower (several times in practice)."""
+    assert_more_work_is_slower(get_backend("torch_cpu", num_threads=1), *MORE_WORK[kind])
 
 
 def test_refuses_half_and_int8() -> None:

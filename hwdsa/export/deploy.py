@@ -182,7 +182,8 @@ def _unavailable_reason(fmt: str, providers: Sequence[str] | None) -> str | None
         except BackendUnavailableError as exc:
             return str(exc)
     elif fmt == "onnxruntime":
-        from hwdsa.export.onnxruntime import import_onnxruntime, provider_usable
+        from hwdsa.export.onnxruntime import provider_usable
+        from hwdsa.profilers.onnxruntime import import_onnxruntime
 
         try:
             import_onnxruntime()

@@ -20,6 +20,7 @@ import torch
 from hwdsa.errors import BackendUnavailableError, ConfigError, ExportError
 from hwdsa.profilers.backend import Backend, CallableSession
 from hwdsa.profilers.base import Measurement, TimingProtocol
+from hwdsa.profilers.onnxruntime import import_onnxruntime
 
 if TYPE_CHECKING:
     import onnxruntime as ort
@@ -29,17 +30,6 @@ _log = logging.getLogger(__name__)
 #: Preference order when the caller names no provider.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _NEEDS_CUDA = {"TensorrtExecutionProvider", "CUDAExecutionProvider"}
-
-
-def import_onnxruntime() -> Any:
-    """The `onnxruntime` module; BackendUnavailableError, with the command that installs it, when it is missing."""
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"ONNX Runtime is not installed: `pip install onnxruntime-gpu` (or `onnxruntime` for CPU only): {exc}"
-        ) from exc
-    return onnxruntime
 
 
 def provider_usable(provider: str) -> bool:

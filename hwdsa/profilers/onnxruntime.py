@@ -73,7 +73,8 @@ def nchwc_block_size() -> int:
     return 16  # unknown: multiples of 16 are aligned for AVX2 and AVX-512 alike
 
 
-def _import_ort() -> Any:
+def import_onnxruntime() -> Any:
+    """The `onnxruntime` module; BackendUnavailableError, with the command that installs it, when it is missing."""
     try:
         import onnxruntime
     except ImportError as exc:
@@ -129,7 +130,7 @@ class _OrtBackend(OnnxBackend):
     @override
     @classmethod
     def check_available(cls) -> None:
-        ort = _import_ort()
+        ort = import_onnxruntime()
         listed = list(ort.get_available_providers())
         if cls.provider not in listed:
             raise BackendUnavailableError(
@@ -242,7 +243,7 @@ class _OrtBackend(OnnxBackend):
     def versions(self) -> dict[str, str]:
         import numpy
 
-        return {**super().versions(), "onnxruntime": str(_import_ort().__version__), "numpy": str(numpy.__version__)}
+        return {**super().versions(), "onnxruntime": str(import_onnxruntime().__version__), "numpy": str(numpy.__version__)}
 
     def _providers(self, precision: str) -> list[Any]:
         """The `providers` argument of the session; the CPU provider closes the list so that ONNX
@@ -265,7 +266,7 @@ class _OrtBackend(OnnxBackend):
         """A bound session on `onnx_path`; `profile_prefix` turns on ONNX Runtime's profiler (`end_profiling`)."""
         import numpy as np
 
-        ort = _import_ort()
+        ort = import_onnxruntime()
         so = ort.SessionOptions()
         if profile_prefix is not None:
             so.enable_profiling = True

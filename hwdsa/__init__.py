@@ -7,8 +7,9 @@ ONNX Runtime nor TensorRT.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from hwdsa._lazy import attach
+
+from typing import TYPE_CHECKING
 
 from hwdsa._version import __version__ as __version__
 
@@ -64,16 +65,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'hwdsa' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
-
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -1,7 +1,7 @@
 """The direction of dependencies between hwdsa's parts (docs/architecture.md), checked on every import.
 
 Lowest first; a part may import its own layer's other parts only where listed here, and lower layers always:
-  0  errors, _io, _registry, _version                   (nothing of hwdsa but each other)
+  0  errors, _io, _registry, _version, _lazy                (nothing of hwdsa but each other)
   1  profilers                                          (runs on a board: no torch, nothing of hwdsa above 0)
   2  graph, models, data, training, checkpoint, distributed
   3  costs, channels, counting, masking, importance
@@ -29,7 +29,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "hwdsa"
 
 LAYERS: list[set[str]] = [
-    {"errors", "_io", "_registry", "_version"},
+    {"errors", "_io", "_registry", "_version", "_lazy"},
     {"profilers"},
     {"graph", "models", "data", "training", "checkpoint", "distributed"},
     {"costs", "channels", "counting", "masking", "importance"},

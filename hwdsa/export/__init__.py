@@ -11,8 +11,9 @@ Names are imported lazily: importing this package loads neither torch, onnx, onn
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from hwdsa._lazy import attach
+
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hwdsa.export.compare import ComparisonReport as ComparisonReport
@@ -70,15 +71,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'hwdsa.export' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = attach(__name__, _LAZY)

@@ -8,8 +8,9 @@ Names are imported lazily, so reading or merging a table (pandas) does not impor
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from hwdsa._lazy import attach
+
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from hwdsa.lut.calibrate import Calibration as Calibration
@@ -59,15 +60,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    try:
-        module_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'hwdsa.lut' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = attach(__name__, _LAZY)

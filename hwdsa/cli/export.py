@@ -112,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
             _ms(r.budget_latency_ms), None if r.ratio_to_budget is None else f"{r.ratio_to_budget:.2f}",
             None if c is None else f"{c.max_abs_error:.2e}", Path(r.artefact_path).name,
         ])
+        if r.fp32_latency_ms is not None and r.speedup_over_fp32 is not None:
+            budget = "" if r.budget_latency_ms is None else f"; against the budget {r.budget_latency_ms:.4g} ms: {r.precision} " \
+                f"{r.ratio_to_budget:.2f}, fp32 {r.fp32_latency_ms / r.budget_latency_ms:.2f}"
+            verdict = "faster" if r.speedup_over_fp32 >= 1.0 else "SLOWER"
+            notes.append(
+                f"{r.backend}: {r.precision} is {verdict} than fp32 on this device: {_ms(r.measured_latency_ms)} ms vs "
+                f"{r.fp32_latency_ms:.4g} ms ({r.speedup_over_fp32:.2f}x){budget}"
+                + ("" if r.speedup_over_fp32 >= 1.0 else f"; ship fp32 here")
+            )
         if r.measured is not None:
             for label, note, value in (("prediction", r.prediction_note, r.predicted_latency_ms),
                                        ("budget", r.budget_note, r.budget_latency_ms)):

@@ -66,6 +66,16 @@ class DeploymentReport:
     prediction_note: str | None = None
     budget_note: str | None = None
     skipped_reason: str | None = None
+    fp32_latency_ms: float | None = None
+    """The same network's FP32 artefact timed beside this one (lower precisions only): a precision is worth
+    shipping only where it runs faster than FP32 on the device."""
+
+    @property
+    def speedup_over_fp32(self) -> float | None:
+        """FP32 latency / this artefact's latency (< 1: this precision is slower here than FP32)."""
+        if self.measured is None or not self.fp32_latency_ms:
+            return None
+        return self.fp32_latency_ms / float(self.measured.median_ms)
 
     @property
     def is_skipped(self) -> bool:
@@ -116,11 +126,13 @@ class DeploymentReport:
         data["measured_latency_ms"] = self.measured_latency_ms
         data["ratio_to_budget"] = self.ratio_to_budget
         data["ratio_to_prediction"] = self.ratio_to_prediction
+        data["speedup_over_fp32"] = self.speedup_over_fp32
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DeploymentReport:
-        fields = {k: v for k, v in data.items() if k not in ("measured_latency_ms", "ratio_to_budget", "ratio_to_prediction")}
+        derived = ("measured_latency_ms", "ratio_to_budget", "ratio_to_prediction", "speedup_over_fp32")
+        fields = {k: v for k, v in data.items() if k not in derived}
         fields["input_shape"] = tuple(fields["input_shape"])
         fields["measured"] = Measurement(**fields["measured"]) if fields.get("measured") else None
         fields["comparison"] = ComparisonReport.from_dict(fields["comparison"]) if fields.get("comparison") else None
@@ -386,7 +398,17 @@ def export_model(
             del ort_runner  # one session in memory at a time: the timing backend makes its own
             timer = _ort_timing_backend(provider, threads)
             measured = timer.measure_network(ort_path, shape, proto, precision=precision)
-            reports.append(report("onnxruntime", runner_name, ort_path, measured, comparison, timer))
+            made = report("onnxruntime", runner_name, ort_path, measured, comparison, timer)
+            if precision != "fp32":  # the yardstick: the FP32 graph on the same runtime, timed right after
+                fp32 = timer.measure_network(onnx_path, shape, proto, precision="fp32")
+                made = replace(made, fp32_latency_ms=float(fp32.median_ms))
+                if made.speedup_over_fp32 is not None and made.speedup_over_fp32 < 1.0:
+                    _log.warning(
+                        "%s: %s on %s runs %.2fx slower than FP32 on this device (%.4g ms vs %.4g ms): FP32 is the faster "
+                        "artefact to ship here",
+                        label, precision, timer.name, 1.0 / made.speedup_over_fp32, measured.median_ms, fp32.median_ms,
+                    )  # fmt: skip
+            reports.append(made)
         else:  # tensorrt
             from hwdsa.export.tensorrt import DEFAULT_WORKSPACE_BYTES, TrtRunner, engine_from_onnx
             from hwdsa.profilers.backend import get_backend

@@ -95,7 +95,7 @@ def test_tensorrt_asked_for_without_it_is_a_clear_error_before_any_file(
     assert not out.exists()
 
 
-def test_int8_is_calibrated_on_the_runs_data(tiny_run: Path, tmp_path: Path) -> None:
+def test_int8_is_calibrated_on_the_runs_data(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "export"
     # 70 calibration samples: not a multiple of the calibration batch (ONNX Runtime's histogram needs equal ones).
     argv = ["export", str(tiny_run), "--out", str(out), "--formats", "onnx", "onnxruntime", "--precision", "int8",
@@ -105,6 +105,11 @@ def test_int8_is_calibrated_on_the_runs_data(tiny_run: Path, tmp_path: Path) -> 
     assert Path(onnx_report.artefact_path).name == "model.int8.onnx"
     assert ort.precision == "int8" and ort.comparison is not None and ort.comparison.passed
     assert ort.predicted_latency_ms is None and ort.prediction_note is not None and "precision ('fp32' vs 'int8')" in ort.prediction_note
+    # the yardstick: the FP32 graph timed beside it, and the verdict said plainly
+    assert ort.fp32_latency_ms is not None and ort.fp32_latency_ms > 0 and ort.speedup_over_fp32 is not None
+    assert ort.speedup_over_fp32 == pytest.approx(ort.fp32_latency_ms / ort.measured_latency_ms)
+    verdict = "faster" if ort.speedup_over_fp32 >= 1.0 else "SLOWER"
+    assert f"onnxruntime: int8 is {verdict} than fp32 on this device" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ from hwdsa.job.config import PruneJobConfig
 from hwdsa.job.phases import changed_settings, inputs_digest, phase_inputs
 from hwdsa.job.report import BudgetOutcome, DenseSummary, MeasuredLatency, PruneReport, PrunedSummary, allocation_csv
 from hwdsa.lut.rounding import round_for_budgets  # latency budgets: latency-optimal rounding
+from hwdsa.lut.table import LatencyTable, TableMeta
 from hwdsa.training import (
     TrainConfig,
     batches_per_epoch,
@@ -340,13 +341,14 @@ class PruneJob:
                 budgets.append(spec.resolve(build_cost(spec.cost, graph)))
                 continue
             table = spec.table or default_table
-            if table is not None:
-                self._check_table_device(table)
+            meta = None if table is None else LatencyTable.read(table).meta  # read once for the checks below
+            if table is not None and meta is not None:
+                self._check_table_device(table, meta)
             cost = build_cost("latency", graph, latency_table=table)
-            if table is not None:
-                self._warn_about_speed(cost, table)
-            if table is not None and cfg.target_device is None:
-                self._check_calibration_current(model, graph, cost, table)
+            if table is not None and meta is not None:
+                self._warn_about_speed(cost, table, meta)
+                if cfg.target_device is None:
+                    self._check_calibration_current(model, graph, cost, table, meta)
             if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
                 assert table is not None  # build_cost refused a latency budget without a table
                 cost.name = f"latency@{Path(table).stem}"
@@ -366,13 +368,11 @@ class PruneJob:
                 )  # fmt: skip
         return budgets
 
-    def _check_table_device(self, table: str) -> None:
+    def _check_table_device(self, table: str, meta: TableMeta) -> None:
         """Refuse a table measured on another machine unless `target_device` names that device on purpose."""
         from hwdsa.errors import BackendUnavailableError, TableError
         from hwdsa.lut.network import backend_for_table
-        from hwdsa.lut.table import LatencyTable
 
-        meta = LatencyTable.read(table).meta
         target = self.config.target_device
         if target is not None:
             if meta.device != target:
@@ -425,12 +425,11 @@ class PruneJob:
         barrier()
         return str(path)
 
-    def _warn_about_speed(self, cost: CostModel, table: str) -> None:
+    def _warn_about_speed(self, cost: CostModel, table: str, meta: TableMeta) -> None:
         """Say so where a choice will cost speed or accuracy on the table's device."""
         from hwdsa.lut.cost_model import LatencyCost
-        from hwdsa.lut.table import LatencyTable
 
-        multiple = LatencyTable.read(table).meta.channel_multiple
+        multiple = meta.channel_multiple
         round_to = self.config.round_to
         if multiple > 1 and round_to is not None and round_to % multiple:
             _log.warning(
@@ -446,17 +445,17 @@ class PruneJob:
                 table, self.config.model, table, self.config.model,
             )  # fmt: skip
 
-    def _check_calibration_current(self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str) -> None:
+    def _check_calibration_current(
+        self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str, meta: TableMeta
+    ) -> None:
         """Time the dense network once: a calibration made when this machine ran at another level (another
         load, another CPU under the same name) would set every fraction of dense against a stale figure."""
         from hwdsa.lut.cost_model import LatencyCost
         from hwdsa.lut.network import backend_for_table, measure_rounds
-        from hwdsa.lut.table import LatencyTable
         from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
 
         if not isinstance(cost, LatencyCost) or cost.measured_dense is None or not is_main_process():
             return
-        meta = LatencyTable.read(table).meta
         backend = backend_for_table(meta)
         # the table's own protocol: the calibration's figure was taken with it, and the statistic must match
         known = {f.name for f in dataclasses.fields(TimingProtocol)}
@@ -487,7 +486,6 @@ class PruneJob:
         """
         from hwdsa.errors import BackendUnavailableError, TableError
         from hwdsa.lut.network import backend_for_table, measure_rounds
-        from hwdsa.lut.table import LatencyTable
         from hwdsa.profilers.backend import get_backend
         from hwdsa.profilers.base import quietest
 
@@ -539,7 +537,6 @@ class PruneJob:
     ) -> list[int]:  # fmt: skip
         """`hwdsa.lut.verify.meet_measured_budget` on the main process; every rank gets its counts."""
         from hwdsa.lut.network import backend_for_table
-        from hwdsa.lut.table import LatencyTable
         from hwdsa.lut.verify import meet_measured_budget
 
         channels: list[int] = []

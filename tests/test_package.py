@@ -81,7 +81,9 @@ def test_readme_default_job_needs_no_data_path() -> None:
 
     cfg = config_from_args(build_parser().parse_args(["prune"]))
     assert cfg.data_root is None and cfg.dataset in {"mnist", "digits"}
-    assert [(b.cost, b.fraction) for b in cfg.budgets] == [("flops", 0.5)]
+    # the main job is the hardware-aware one: half the dense latency measured here, verified by timing
+    assert [(b.cost, b.fraction, b.table) for b in cfg.budgets] == [("latency", 0.5, None)]
+    assert cfg.latency_table is None and cfg.verifies_latency
 
 
 @pytest.mark.parametrize("verb", sorted(VERBS))

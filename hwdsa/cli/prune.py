@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name (see hwdsa.models.list_models()); default small_cnn")
     p.add_argument("--data", dest="dataset", help="data set: mnist (default), digits, cifar10, fashion_mnist, imagefolder")
     p.add_argument("--data-root", help="folder of the data set (cifar10, fashion_mnist, imagefolder)")
-    p.add_argument("--flops", help="FLOPs budget as a fraction of the dense model's, e.g. 0.5")
+    p.add_argument("--flops", help="FLOPs budget as a fraction of the dense model's, e.g. 0.5 (no budget flag: --latency 0.5)")
     p.add_argument("--params", help="parameter budget as a fraction of the dense model's, e.g. 0.4")
     p.add_argument(
         "--latency", action="append",
@@ -43,9 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "without it a table measured elsewhere is refused",
     )
     p.add_argument(
-        "--verify-latency", action="store_true", default=None,
+        "--verify-latency", action=argparse.BooleanOptionalAction, default=None,
         help="after the search, time candidate roundings on the table's backend (this machine must be the table's "
-        "device) against the dense network, and keep the largest whose measured latency meets --latency",
+        "device) against the dense network, and keep the largest whose measured latency meets --latency (default: on "
+        "when the one budget is a latency budget on this machine)",
     )  # fmt: skip
     p.add_argument(
         "--verify-margin", type=float,
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_report(report, config, args.out)
     missed = report.latency is not None and report.latency.met is False
-    if missed and config.verify_latency:
+    if missed and config.verifies_latency:
         lat = report.latency
         assert lat is not None and lat.budget_ms is not None
         print(

@@ -51,7 +51,8 @@ class PruneJobConfig:
     model: str = "small_cnn"
     dataset: str = "mnist"
     data_root: str | None = None
-    budgets: tuple[BudgetSpec, ...] = (BudgetSpec("flops", fraction=0.5),)
+    budgets: tuple[BudgetSpec, ...] = (BudgetSpec("latency", fraction=0.5),)
+    """Default: half the dense network's latency, measured on this machine (ONNX Runtime, one thread)."""
     from_scratch: bool = False
     weights: str | None = None
     pretrain: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=0.1))
@@ -70,9 +71,10 @@ class PruneJobConfig:
     this host once into the per-user table cache (`hwdsa.lut.cache`), reused by later jobs."""
     fixed_keep_ratios: tuple[float, ...] | None = None
     """Skip the search and prune every group at these ratios (the uniform baseline uses this)."""
-    verify_latency: bool = False
+    verify_latency: bool | None = None
     """Time candidate roundings on the table's backend (this machine must be its device) and keep the largest
-    whose measured latency meets the latency budget (`hwdsa.lut.verify`)."""
+    whose measured latency meets the latency budget (`hwdsa.lut.verify`). None (the default): on exactly when
+    the one budget is a latency budget on this machine (no `target_device`); see `verifies_latency`."""
     verify_margin: float = 0.015
     """The share of the budget `verify_latency` keeps free for the noise of the timing itself
     (`hwdsa.lut.verify.DEFAULT_MARGIN`)."""
@@ -92,7 +94,7 @@ class PruneJobConfig:
             raise ConfigError(f"batch size must be >= 1; got {self.batch_size}")
         if self.round_to is not None and self.round_to < 1:
             raise ConfigError(f"--round-to must be >= 1; got {self.round_to}")
-        if self.verify_latency and [b.cost for b in self.budgets] != ["latency"]:
+        if self.verify_latency and not self._one_latency_budget:
             raise ConfigError("--verify-latency checks a latency budget: give exactly one budget, --latency")
         if self.verify_latency and self.target_device is not None:
             raise ConfigError(
@@ -101,6 +103,17 @@ class PruneJobConfig:
             )
         if not 0 <= self.verify_margin < 0.5:
             raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
+
+    @property
+    def _one_latency_budget(self) -> bool:
+        return [b.cost for b in self.budgets] == ["latency"]
+
+    @property
+    def verifies_latency(self) -> bool:
+        """Whether the job times its candidate roundings here (`verify_latency`, or its default)."""
+        if self.verify_latency is not None:
+            return self.verify_latency
+        return self._one_latency_budget and self.target_device is None and self.fixed_keep_ratios is None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

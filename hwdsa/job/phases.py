@@ -31,7 +31,8 @@ def phase_inputs(cfg: PruneJobConfig) -> dict[str, dict[str, Any]]:
     }
     pretrain["weights"] = None if cfg.weights is None else {"path": cfg.weights, "sha256": _file_digest(cfg.weights)}
     pretrain["pretrain"] = d["pretrain"] if not (cfg.from_scratch or cfg.weights) else None
-    search = {key: d[key] for key in ("budgets", "search", "admm", "round_to", "fixed_keep_ratios", "latency_backend", "verify_latency", "verify_margin")}
+    search = {key: d[key] for key in ("budgets", "search", "admm", "round_to", "fixed_keep_ratios", "latency_backend", "verify_margin")}
+    search["verify_latency"] = cfg.verifies_latency
     tables = [cfg.latency_table, *(b.table for b in cfg.budgets)]
     search["latency_tables"] = {t: _file_digest(t) for t in tables if t is not None}
     search["earlier phases"] = pretrain

@@ -228,7 +228,7 @@ class PruneJob:
             result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume, tag=self._tags["search"])
             ratios = result.keep_ratios
             channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
-            if cfg.verify_latency:
+            if cfg.verifies_latency:
                 channels = self._verify_latency(unwrap(model), graph, ratios, budgets[0], self.latency_table, timings)
             history = result.history
             timings["search_s"] = result.seconds
@@ -307,7 +307,7 @@ class PruneJob:
             world_size=world_size(),
             device=str(device),
             admm=cfg.admm.to_dict(),
-            latency_check=json.loads(check_path.read_text(encoding="utf-8")) if cfg.verify_latency and check_path.is_file() else None,
+            latency_check=json.loads(check_path.read_text(encoding="utf-8")) if cfg.verifies_latency and check_path.is_file() else None,
             latency=latency,
             latency_note=latency_note,
         )

@@ -50,6 +50,8 @@ _log = logging.getLogger("hwdsa.job")
 #: A dense network measuring further than this from its calibration's figure (or than the timing's own
 #: spread, if larger) means the machine no longer runs as when the table was calibrated.
 STALE_CALIBRATION = 0.08
+#: No timing noise excuses more than this: a calibration further off is stale however noisy the timing was.
+MAX_SPREAD = 0.25
 #: What a latency budget without a table is profiled on: the CPU deployment runtime.
 DEFAULT_LATENCY_BACKEND = "onnxruntime"
 
@@ -465,7 +467,7 @@ class PruneJob:
         for _ in range(2):  # a busy moment is not a stale calibration: a second look before refusing
             timings += measure_rounds(model, graph, [list(graph.group_sizes)], backend, protocol)[0]
             now = quietest(timings)
-            spread = max(STALE_CALIBRATION, (now.q3_ms - now.q1_ms) / now.median_ms)
+            spread = min(MAX_SPREAD, max(STALE_CALIBRATION, (now.q3_ms - now.q1_ms) / now.median_ms))
             if abs(now.median_ms / then - 1.0) <= spread:
                 break
         if abs(now.median_ms / then - 1.0) > spread:

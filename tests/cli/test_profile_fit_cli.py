@@ -161,7 +161,7 @@ def test_prune_profiles_this_host_into_the_cache_once(
 
     monkeypatch.setenv("HWDSA_CACHE", str(tmp_path / "cache"))
     real = network.latency_table_for
-    light = TimingProtocol(warmup=1, repeats=5, max_attempts=1, min_run_ms=0.05, rounds=1)
+    light = TimingProtocol(warmup=2, repeats=10, max_attempts=1, min_run_ms=0.05, rounds=3)  # the calibration check times against it
     # the same call `hwdsa prune` makes, on a coarser grid and a lighter protocol to keep the test short
     monkeypatch.setattr(network, "latency_table_for", lambda *a, **k: real(*a, grid=GridConfig("cpu", cpu_points=2), protocol=light, networks=3, **k))
     from hwdsa.profilers.backend import get_backend_class

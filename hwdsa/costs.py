@@ -39,6 +39,19 @@ class CostModel(Protocol):
     def dense(self) -> float: ...
 
 
+@runtime_checkable
+class SpreadAwareCost(CostModel, Protocol):
+    """A cost whose value at a keep ratio depends on how far the kept count may stray from α·C.
+
+    A staircase (a latency table measured on a channel lattice) is flat between its steps; its expected
+    value over a spread of counts is not. FLOPs and parameters are not staircases and do not implement it.
+    """
+
+    def with_spread(self, std: Tensor) -> CostModel:
+        """This cost, priced by default at the expected value under kept-count std `std` (channels per group)."""
+        ...
+
+
 def check_keep_ratios(keep_ratios: Tensor, n_groups: int) -> None:
     """Raise `KeepRatioError` unless `keep_ratios` is a 1-D vector of `n_groups` values in (0, 1]."""
     if keep_ratios.dim() != 1 or keep_ratios.numel() != n_groups:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from hwdsa.channels import round_channels
-from hwdsa.costs import Budget
+from hwdsa.costs import Budget, SpreadAwareCost
 from hwdsa.distributed import all_reduce_mean_
 from hwdsa.dsa.process import MASK_GRADIENTS, Beta2Schedule, deterministic_masks, keep_probabilities, sample_masks
 from hwdsa.dsa.projection import check_feasible, project_onto_budget
@@ -59,6 +59,13 @@ class AdmmConfig:
             "after_activation" (on the inputs of the layers that read each group, after the activation and
             any residual sum): the same forward pass for masks in {0, 1}, and a dropped channel's slope
             without a leak (`hwdsa.masking`).
+        smooth_costs: price each budget the z-step projects onto at its expected value over the kept counts
+            the current masks draw (per group, a spread of sqrt(Σ_c p_c(1 − p_c)) channels; it shrinks as β2
+            rises and the masks become deterministic). A stepped latency table is flat between its lattice
+            points, so at σ = 0 a group whose count sits on such a tread has price zero and the projection
+            never trims it; the spread gives every group the price of its likely neighbours. Only costs that
+            take a spread (`hwdsa.costs.SpreadAwareCost`: latency) change; the result is always checked on the
+            exact cost.
         fill_budget: when the search ends below a budget (the task gradient of groups that matter little is
             mostly noise, so their ratios can drift down freely), scale every group's pruned fraction by one
             factor until a budget binds: an unused budget is accuracy given away.
@@ -77,6 +84,7 @@ class AdmmConfig:
     mask_gradient: str = "straight_through"
     mask_leak: float = 1e-3
     mask_placement: MaskPlacement = "before_activation"
+    smooth_costs: bool = False
 
     def __post_init__(self) -> None:
         if not self.rho > 0:
@@ -138,6 +146,7 @@ class RatioAllocator:
         self.logits = nn.Parameter(torch.full((len(self.group_sizes),), config.initial_logit, device=self.device))
         self.grad_sq = torch.zeros((), device=self.device)  # running mean square of the task gradient
         self._alpha: Tensor | None = None  # the α the last differentiable masks were drawn from
+        self.spread: Tensor | None = None  # kept-count std per group of the last masks drawn (smooth_costs)
         alpha = self.keep_ratios.detach()
         self.initial_costs = tuple(float(b.cost(alpha.double().cpu())) for b in self.budgets)
         self.z = [self._project(alpha, b) for b in self.scheduled_budgets(0.0)]
@@ -231,6 +240,8 @@ class RatioAllocator:
         alpha = self.keep_ratios
         self._alpha = alpha
         p = keep_probabilities(imp, valid, alpha, beta2, floor=self.config.floor)
+        if self.config.smooth_costs:
+            self.spread = (p * (1 - p)).detach().sum(dim=1).sqrt().double().cpu()
         m = sample_masks(p, generator=generator, gradient=self.config.mask_gradient)
         if self.config.mask_leak > 0 and torch.is_grad_enabled():
             m = m + self.config.mask_leak * (1 - m.detach())
@@ -284,8 +295,15 @@ class RatioAllocator:
         """z-step (projection of α + u onto each budget, as scheduled at `progress`) and u-step (u ← u + α − z)."""
         alpha = self.keep_ratios.detach()
         for i, budget in enumerate(self.scheduled_budgets(progress)):
+            budget = self._smoothed(budget)
             self.z[i] = self._project(alpha + self.u[i], budget)
             self.u[i] = self.u[i] + alpha - self.z[i]
+
+    def _smoothed(self, budget: Budget) -> Budget:
+        """`budget` on its cost's expected value under the last masks' spread (`AdmmConfig.smooth_costs`)."""
+        if self.spread is None or not isinstance(budget.cost, SpreadAwareCost):
+            return budget
+        return Budget(budget.cost.with_spread(self.spread), budget.limit)
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -295,6 +313,7 @@ class RatioAllocator:
             "z": [z.cpu() for z in self.z],
             "u": [u.cpu() for u in self.u],
             "steps": self.steps,
+            "spread": None if self.spread is None else self.spread.clone(),
             "group_sizes": list(self.group_sizes),
         }
 
@@ -307,6 +326,7 @@ class RatioAllocator:
         self.z = [z.to(self.device) for z in state["z"]]
         self.u = [u.to(self.device) for u in state["u"]]
         self.steps = int(state["steps"])
+        self.spread = state.get("spread")
 
     def beta2(self, progress: float) -> float:
         return self.config.beta2.value(progress)

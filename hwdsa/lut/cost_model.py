@@ -25,6 +25,7 @@ depthwise convolution) is priced along the diagonal.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -292,6 +293,14 @@ class LatencyCost:
         )
 
     # ---------------------------------------------------------------- the differentiable cost
+    def with_spread(self, std: Tensor | float | Sequence[float]) -> LatencyCost:
+        """This cost with `std` (channels: one value or one per group) as its default spread; the fitted
+        layers and buffers are shared, so it is cheap to call at every ADMM step (`AdmmConfig.smooth_costs`)."""
+        sigma = self._sigma(std, torch.zeros(()))
+        out = copy.copy(self)
+        out.default_std = tuple(float(v) for v in sigma.cpu())
+        return out
+
     def _buffers_on(self, device: torch.device) -> _Buffers:
         if device not in self._buffers:
             self._buffers[device] = _Buffers(self, device)

@@ -247,3 +247,50 @@ def test_cost_runs_on_the_tensor_device() -> None:
     y = cost(alpha)
     y.backward()
     assert y.device.type == "cuda" and float(y) == pytest.approx(float(cost(alpha.detach().cpu())))
+
+
+class TestSpreadOnATread:
+    """A tiled latency (flat between multiples of 8) prices a group on a tread at zero unless the kept count's
+    spread is priced, which `AdmmConfig.smooth_costs` does at every z-step (issue: the price at 38 of 64)."""
+
+    @staticmethod
+    def _cost() -> LatencyCost:
+        graph = graph_of([conv("a", [(None, 3)], 0, 64), conv("b", [(0, 64)], 1, 64)], [64, 64])
+
+        def tiles(s: LayerSpec) -> float:
+            return 0.05 + 0.01 * math.ceil(s.in_channels / 8) * math.ceil(s.out_channels / 8)
+
+        return LatencyCost.fit(synthetic_table(graph, tiles), graph)
+
+    def test_the_spread_gives_a_tread_a_price(self) -> None:
+        cost = self._cost()
+        at = _ratios(38 / 64, 40.5 / 64)  # group 1 between 40 and 41: on a riser
+        (flat,) = torch.autograd.grad(cost(at), [at])
+        assert float(flat[0]) == 0.0 and float(flat[1]) > 0
+        smooth = cost.with_spread(torch.tensor([3.0, 3.0]))
+        (priced,) = torch.autograd.grad(smooth(at), [at])
+        assert float(priced[0]) > 0.2 * float(priced[1])
+        assert smooth.exact([38, 41]) == cost.exact([38, 41])  # integer prices are the table's either way
+        assert cost.default_std == (0.0, 0.0)  # the original is unchanged
+
+    @pytest.mark.parametrize("smooth", [False, True])
+    def test_the_z_step_trims_a_group_on_a_tread_only_when_smoothed(self, smooth: bool) -> None:
+        from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+
+        cost = self._cost()
+        budget = Budget(cost, 0.85 * cost.exact([38, 41]))
+        alloc = RatioAllocator(cost.group_sizes, [budget], AdmmConfig(smooth_costs=smooth, budget_warmup=0.0))
+        importance = [torch.linspace(0.1, 1.0, 64), torch.linspace(0.1, 1.0, 64)]
+        with torch.no_grad():
+            alloc._set_ratios(torch.tensor([38 / 64, 40.5 / 64]))
+            alloc.masks(importance, beta2=5.0)
+        if smooth:
+            assert alloc.spread is not None and bool((alloc.spread > 1.0).all())
+        else:
+            assert alloc.spread is None
+        alloc.u = [torch.zeros(2)]
+        alloc.admm_update(1.0)
+        z = alloc.z[0]
+        trimmed = 38 / 64 - float(z[0])
+        assert (trimmed > 0.02) == smooth, f"group 0 trimmed by {trimmed:.4f} (smooth_costs={smooth})"
+        assert alloc.state_dict()["spread"] is None or smooth

@@ -27,7 +27,7 @@ from hwdsa.lut.table import LatencyTable, TableMeta
 
 _log = logging.getLogger("hwdsa.job")
 
-__all__ = ["DEFAULT_LATENCY_BACKEND", "JobLatency"]
+__all__ = ["DEFAULT_LATENCY_BACKEND", "JobLatency", "host_table"]
 
 #: A dense network measuring further than this from its calibration's figure (or than the timing's own
 #: spread, if larger) means the machine no longer runs as when the table was calibrated.
@@ -36,6 +36,38 @@ STALE_CALIBRATION = 0.08
 MAX_SPREAD = 0.25
 #: What a latency budget without a table is profiled on: the CPU deployment runtime.
 DEFAULT_LATENCY_BACKEND = "onnxruntime"
+
+
+def host_table(model_name: str, model: nn.Module, input_shape: tuple[int, ...], backend_name: str | None = None) -> str:
+    """This host's table for the model, from the per-user cache; profiled and calibrated first if missing.
+
+    A latency budget without a table is priced for this machine: `backend_name` (default ONNX Runtime,
+    one thread) is profiled for the layers this model's channel groups can produce, calibrated, and kept
+    in the cache (`hwdsa.lut.cache`), keyed by this device's fingerprint; the next job on this host
+    finds it and measures nothing.
+    """
+    import inspect
+
+    from hwdsa.lut.cache import cached_table_path
+    from hwdsa.lut.network import latency_table_for
+    from hwdsa.profilers.backend import get_backend, get_backend_class
+    from hwdsa.profilers.device import backend_fingerprint, fingerprint_id
+
+    name = backend_name or DEFAULT_LATENCY_BACKEND
+    takes_threads = "num_threads" in inspect.signature(get_backend_class(name).__init__).parameters
+    options: dict[str, Any] = {"num_threads": 1} if takes_threads else {}
+    backend = get_backend(name, **options)
+    path = cached_table_path(
+        fingerprint_id(backend_fingerprint(backend)), backend.name, "fp32", 1, threads=options.get("num_threads"), model=model_name
+    )
+    if is_main_process():
+        if path.is_file():
+            _log.info("latency table of this host from the cache: %s", path)
+        else:
+            _log.info("no latency table for %s on this host yet: profiling %s into %s (once)", model_name, name, path)
+        latency_table_for(model, input_shape, backend, path, name=model_name)  # measures only what is missing
+    barrier()
+    return str(path)
 
 
 class JobLatency:
@@ -116,36 +148,7 @@ class JobLatency:
             )
 
     def _cached_table(self, model: nn.Module, input_shape: tuple[int, ...]) -> str:
-        """This host's table for the model, from the per-user cache; profiled and calibrated first if missing.
-
-        A latency budget without a table is priced for this machine: `latency_backend` (default ONNX Runtime,
-        one thread) is profiled for the layers this model's channel groups can produce, calibrated, and kept
-        in the cache (`hwdsa.lut.cache`), keyed by this device's fingerprint; the next job on this host
-        finds it and measures nothing.
-        """
-        import inspect
-
-        from hwdsa.lut.cache import cached_table_path
-        from hwdsa.lut.network import latency_table_for
-        from hwdsa.profilers.backend import get_backend, get_backend_class
-        from hwdsa.profilers.device import backend_fingerprint, fingerprint_id
-
-        name = self.config.latency_backend or DEFAULT_LATENCY_BACKEND
-        takes_threads = "num_threads" in inspect.signature(get_backend_class(name).__init__).parameters
-        options: dict[str, Any] = {"num_threads": 1} if takes_threads else {}
-        backend = get_backend(name, **options)
-        path = cached_table_path(
-            fingerprint_id(backend_fingerprint(backend)), backend.name, "fp32", 1,
-            threads=options.get("num_threads"), model=self.config.model,
-        )  # fmt: skip
-        if is_main_process():
-            if path.is_file():
-                _log.info("latency table of this host from the cache: %s", path)
-            else:
-                _log.info("no latency table for %s on this host yet: profiling %s into %s (once)", self.config.model, name, path)
-            latency_table_for(model, input_shape, backend, path, name=self.config.model)  # measures only what is missing
-        barrier()
-        return str(path)
+        return host_table(self.config.model, model, input_shape, self.config.latency_backend)
 
     def _warn_about_speed(self, cost: CostModel, table: str, meta: TableMeta) -> None:
         """Say so where a choice will cost speed or accuracy on the table's device."""

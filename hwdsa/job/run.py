@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -46,7 +46,38 @@ from hwdsa.training import (
 
 _log = logging.getLogger("hwdsa.job")
 
-__all__ = ["PruneJob", "resolve_device"]
+__all__ = ["JobData", "PruneJob", "job_data", "resolve_device"]
+
+
+class JobData(NamedTuple):
+    """A job's data: the splits and the loaders every phase reads (`job_data`)."""
+
+    splits: Any
+    train: Any
+    holdout: Any
+    """The held-out training images in training order: the search's ratio steps read them."""
+    holdout_eval: Any
+    """The same images for evaluation: what settings are chosen on (never the test set)."""
+    test: Any
+    input_shape: tuple[int, ...]
+
+
+def job_data(cfg: PruneJobConfig) -> JobData:
+    """The loaders a job with `cfg` trains, searches and evaluates on (also for benchmarks that train beside it)."""
+    from hwdsa.data import load_dataset, make_loader
+
+    splits = load_dataset(
+        cfg.dataset, cfg.data_root, holdout_fraction=cfg.holdout_fraction, subset_per_class=cfg.subset_per_class, seed=cfg.seed
+    )
+    kw: dict[str, Any] = {"seed": cfg.seed, "rank": rank(), "world_size": world_size()}
+    return JobData(
+        splits,
+        make_loader(splits.train, cfg.batch_size, train=True, **kw),
+        make_loader(splits.holdout, cfg.batch_size, train=True, **kw),
+        make_loader(splits.holdout, 256, train=False, **kw),
+        make_loader(splits.test, 256, train=False, **kw),
+        tuple(splits.input_shape),
+    )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -68,21 +99,6 @@ class PruneJob:
         self.checkpoint = self.out / "checkpoint.pt"
 
     # -- helpers ------------------------------------------------------------------------------
-    def _loaders(self) -> tuple[Any, Any, Any, Any, Any, Any]:
-        from hwdsa.data import load_dataset, make_loader
-
-        cfg = self.config
-        splits = load_dataset(
-            cfg.dataset, cfg.data_root, holdout_fraction=cfg.holdout_fraction, subset_per_class=cfg.subset_per_class, seed=cfg.seed
-        )
-        kw: dict[str, Any] = {"seed": cfg.seed, "rank": rank(), "world_size": world_size()}
-        train = make_loader(splits.train, cfg.batch_size, train=True, **kw)
-        holdout = make_loader(splits.holdout, cfg.batch_size, train=True, **kw)
-        test = make_loader(splits.test, 256, train=False, **kw)
-        # The held-out images as a validation set: what settings are chosen on (never the test set).
-        holdout_eval = make_loader(splits.holdout, 256, train=False, **kw)
-        return splits, train, holdout, holdout_eval, test, splits.input_shape
-
     def _train_phase(self, phase: str, model: nn.Module, cfg: TrainConfig, loader: Any, device: torch.device, resume: bool) -> float:
         """Plain training with per-epoch checkpoints; returns seconds spent (this session)."""
         optimizer = make_optimizer(model, cfg)
@@ -177,7 +193,7 @@ class PruneJob:
         timings: dict[str, float] = {}
         t_job = time.perf_counter()
 
-        splits, train, holdout, holdout_eval, test, input_shape = self._loaders()
+        splits, train, holdout, holdout_eval, test, input_shape = job_data(cfg)
         model = create_model(cfg.model, num_classes=splits.num_classes, **_model_kwargs(cfg.model, input_shape)).to(device)
         if cfg.weights:
             state = torch.load(cfg.weights, map_location=device, weights_only=True)

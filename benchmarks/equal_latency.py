@@ -1,0 +1,701 @@
+"""Accuracy at equal measured latency on full CIFAR-10: hwdsa's latency budget against FLOPs pruning,
+uniform width and Torch-Pruning.
+
+Device: this host's CPU, ONNX Runtime, batch 1, fp32, one thread. Every run starts from the committed dense
+ResNet-20 (`benchmarks/dense/resnet20_cifar10.pt`) and must reach T = a fraction of the dense network's
+latency as measured here. The rows (every pruned row trains its weights for the same number of epochs,
+search epochs counted, and ends with the same fine-tuning):
+
+- `uniform`: one keep ratio for every group (channels by BatchNorm |γ|), bisected until the measured
+  latency meets T; fine-tuned for the search's epochs plus the fine-tuning epochs.
+- `torch_pruning`: Torch-Pruning 1.6, global pruning with `GroupMagnitudeImportance`, iterative (`--tp-steps`
+  prune steps, the search's epochs of training spread between them, as its users run it); the final
+  ratio is bisected until the measured latency meets T (the steps before follow TP's linear schedule
+  towards a ratio found by bisecting a one-shot pruning of the dense model).
+- `dsa_flops`: DSA with a FLOPs budget (searched at the FLOPs fraction of the uniform row), then the FLOPs
+  fraction bisected on the *projection of the searched ratios* (not on whole searches) until the measured
+  latency meets T.
+- `dsa_latency`: `hwdsa prune --latency T --verify-latency`, priced with this host's table (profiled into
+  the per-user cache by the job itself); `dsa_latency_smooth`: the same with the expected-latency
+  smoothing (`AdmmConfig.smooth_costs`). The two are compared on held-out images; the better one is hwdsa's row.
+
+Every baseline rounds to the backend's channel lattice (multiples of `Backend.channel_multiple`), as the
+latency rows do: the comparison is about the allocation, not about off-lattice counts.
+
+Stages (`--stage`), so that the suite spans sessions while every host-dependent step stays on one host:
+- `arch` (host-dependent): time the dense network, then per (target, seed, method) find the pruned
+  architecture and its starting weights; each is timed against T here. Writes `equal_latency/arch/<run>.{json,pt}`.
+- `finetune` (host-independent): BatchNorm recalibration, accuracy before fine-tuning, the fine-tuning,
+  test and held-out accuracy. Writes `equal_latency/<run>.{json,pt}`.
+- `time` (host-dependent): the dense and every pruned network in the same interleaved rounds
+  (`--timing-rounds` rounds of `--timing-repeats` runs, the quietest round, `hwdsa.profilers.base.quietest`).
+  Writes `equal_latency/timing-<fingerprint>.json`; a later host adds its own file beside it.
+- `report`: `equal_latency.{md,csv,json,png}`.
+
+Finished runs are skipped; a run file made under other settings is refused (delete it to rerun).
+
+    taskset -c 1 python benchmarks/equal_latency.py --data-root PATH/TO/cifar10 --stage arch --targets 0.5 --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hwdsa._io import write_json_atomic, write_text_atomic
+from hwdsa.channels import round_channels
+from hwdsa.costs import FlopsCost, ParamsCost
+from hwdsa.dsa.allocator import AdmmConfig
+from hwdsa.dsa.projection import project_onto_budget
+from hwdsa.graph import trace_channel_graph
+from hwdsa.graph.structure import ChannelGraph
+from hwdsa.job import BudgetSpec, PruneJob, PruneJobConfig
+from hwdsa.job.latency import host_table
+from hwdsa.job.run import JobData, job_data
+from hwdsa.lut.network import measure_rounds
+from hwdsa.lut.verify import DEFAULT_MARGIN
+from hwdsa.models import create_model
+from hwdsa.profilers.backend import Backend, get_backend
+from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
+from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
+from hwdsa.surgery import PruningPlan, load_pruned, prune, save_pruned
+from hwdsa.training import TrainConfig, evaluate, fit, recalibrate_batchnorm
+
+from _command import reproduce_command
+from _plots import pyplot, save_figure
+from _runs import paired_interval
+
+_log = logging.getLogger("benchmarks.equal_latency")
+HERE = Path(__file__).resolve().parent
+INPUT_SHAPE = (3, 32, 32)
+
+METHODS: dict[str, str] = {
+    "uniform": "uniform width, one ratio bisected on measured latency",
+    "torch_pruning": "Torch-Pruning 1.6, global group magnitude, iterative, ratio bisected on measured latency",
+    "dsa_flops": "DSA, FLOPs budget bisected (on the projection) on measured latency",
+    "dsa_latency": "DSA, latency budget, --verify-latency (hwdsa)",
+    "dsa_latency_smooth": "DSA, latency budget, --verify-latency, expected-latency smoothing",
+}
+LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth")
+#: Torch-Pruning's global ranking skips a group it would empty, so past about 70% of all channels its result stops
+#: shrinking (on ResNet-20 a 0.85 ratio keeps more than 0.8, 0.7 more than 0.6 in places): its ratio is scanned,
+#: not bisected, over ratios up to `1 - TP_LOWEST_KEEP`.
+TP_LOWEST_KEEP = 0.1
+TP_MAX_LAYER_RATIO = 0.9
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The settings every run of the suite shares (part of every run's key)."""
+
+    weights_sha256: str
+    search_epochs: int = 5
+    finetune_epochs: int = 15
+    lr: float = 0.02
+    batch_size: int = 128
+    subset_per_class: int | None = None
+    tp_steps: int = 5
+    margin: float = DEFAULT_MARGIN
+    probe_rounds: int = 5
+    probe_repeats: int = 50
+
+
+def run_name(target: float, method: str, seed: int) -> str:
+    return f"t{round(100 * target)}-{method}-seed{seed}"
+
+
+def run_key(suite: Suite, target: float, method: str, seed: int) -> str:
+    blob = json.dumps({"suite": asdict(suite), "target": target, "method": method, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def _ms(rounds: Sequence[Measurement]) -> float:
+    """hwdsa's one latency statistic over interleaved rounds (`benchmarks/results/timing_statistic.md`)."""
+    return quietest(rounds).median_ms
+
+
+class Timer:
+    """Latency on this host as fractions of the dense network timed in the same interleaved rounds."""
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, backend: Backend) -> None:
+        self.model, self.graph, self.backend = model, graph, backend
+        self.dense = list(graph.group_sizes)
+        self.seen: dict[tuple[int, ...], float] = {}
+
+    def fractions(self, channel_lists: Sequence[Sequence[int]], *, rounds: int, repeats: int) -> list[float]:
+        protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
+        per_net = measure_rounds(self.model, self.graph, [self.dense, *channel_lists], self.backend, protocol, rounds=rounds)
+        dense = _ms(per_net[0])
+        return [_ms(r) / dense for r in per_net[1:]]
+
+    def dense_ms(self, *, rounds: int, repeats: int) -> float:
+        protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
+        return _ms(measure_rounds(self.model, self.graph, [self.dense], self.backend, protocol, rounds=rounds)[0])
+
+    def probe(self, channels: Sequence[int], suite: Suite) -> float:
+        key = tuple(int(c) for c in channels)
+        if key not in self.seen:
+            self.seen[key] = self.fractions([key], rounds=suite.probe_rounds, repeats=suite.probe_repeats)[0]
+        return self.seen[key]
+
+
+def bisect_measured(
+    channels_at: Callable[[float], list[int]], lo: float, hi: float, aim: float, timer: Timer, suite: Suite, *, steps: int = 10
+) -> tuple[float, list[int], float]:
+    """The largest x in [lo, hi] whose network (`channels_at(x)`, more channels as x grows) measures within `aim`
+    of the dense latency; returns (x, channels, measured fraction). Probes are timed with the dense network."""
+    best = (lo, channels_at(lo), timer.probe(channels_at(lo), suite))
+    if best[2] > aim:
+        raise SystemExit(f"even the smallest network of the bisection measures {best[2]:.3f} of dense, above {aim:.3f}")
+    top = channels_at(hi)
+    if (f := timer.probe(top, suite)) <= aim:
+        return hi, top, f
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        ch = channels_at(mid)
+        f = timer.probe(ch, suite)
+        if f <= aim:
+            lo, best = mid, (mid, ch, f)
+        else:
+            hi = mid
+    return best
+
+
+class Unreachable(Exception):
+    """No setting of a method's knob gives a network that meets the target."""
+
+
+def scan_measured(
+    channels_at: Callable[[float], list[int]], lo: float, hi: float, aim: float, timer: Timer, suite: Suite, *, step: float = 0.025
+) -> tuple[float, list[int], float]:
+    """`bisect_measured` for a `channels_at` that is not monotone (Torch-Pruning's global ranking): every x of a
+    grid is timed, the largest that meets `aim` is refined by bisection up to the next grid point."""
+    grid = [lo + k * step for k in range(int(round((hi - lo) / step)) + 1)]
+    met = [x for x in grid if timer.probe(channels_at(x), suite) <= aim]
+    if not met:
+        best = min(grid, key=lambda x: timer.probe(channels_at(x), suite))
+        raise Unreachable(f"no network of the scan meets {aim:.3f} of dense (the fastest, at {best:.3f}, measures {timer.probe(channels_at(best), suite):.3f})")
+    x = max(met)
+    return bisect_measured(channels_at, x, min(hi, x + step), aim, timer, suite, steps=4)
+
+
+# ---------------------------------------------------------------------------------------------- context
+class Context:
+    """What every run of a stage shares: the dense model, its graph, the data, the timer."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        weights = Path(args.weights)
+        self.suite = Suite(
+            weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest(),
+            search_epochs=args.search_epochs,
+            finetune_epochs=args.finetune_epochs,
+            subset_per_class=args.subset_per_class,
+            tp_steps=args.tp_steps,
+        )
+        self.base = PruneJobConfig(
+            model="resnet20",
+            dataset="cifar10",
+            data_root=args.data_root,
+            budgets=(),
+            fixed_keep_ratios=(1.0,),
+            weights=str(weights),
+            search=TrainConfig(epochs=args.search_epochs, lr=self.suite.lr),
+            finetune=TrainConfig(epochs=0, lr=self.suite.lr),
+            batch_size=self.suite.batch_size,
+            subset_per_class=args.subset_per_class,
+            device="cpu",
+            measure_backend=None,
+        )
+        self.model = create_model("resnet20")
+        self.model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.graph = trace_channel_graph(self.model, INPUT_SHAPE)
+        self.flops, self.params = FlopsCost(self.graph), ParamsCost(self.graph)
+        self.backend = get_backend("onnxruntime", num_threads=1)
+        self.multiple = self.backend.channel_multiple
+        self.timer = Timer(self.model, self.graph, self.backend)
+        self.out = Path(args.out) / "equal_latency"
+        self.work = Path(args.work)
+        fp = cpu_fingerprint()
+        self.host = {"cpu": cpu_description(), "fingerprint": fingerprint_id(fp)}
+        self._data: dict[int, JobData] = {}
+
+    def data(self, seed: int) -> JobData:
+        if seed not in self._data:
+            self._data[seed] = job_data(replace(self.base, seed=seed))
+        return self._data[seed]
+
+    def on_lattice(self, ratios: Sequence[float]) -> list[int]:
+        sizes = self.graph.group_sizes
+        return round_channels([r * c for r, c in zip(ratios, sizes)], sizes, multiple=self.multiple)
+
+    def fractions(self, channels: Sequence[int]) -> dict[str, float]:
+        return {"flops": self.flops.exact(channels) / self.flops.dense, "params": self.params.exact(channels) / self.params.dense}
+
+
+def _job_pruned(ctx: Context, cfg: PruneJobConfig, name: str) -> tuple[Path, dict[str, Any]]:
+    """Run a prune job without fine-tuning; its `pruned.pt` and report."""
+    out = ctx.work / name
+    report = PruneJob(cfg, out).run(resume=True).to_dict()
+    return out / "pruned.pt", report
+
+
+# ---------------------------------------------------------------------------------------------- rows
+def arch_uniform(ctx: Context, target: float, seed: int, name: str) -> dict[str, Any]:
+    aim = target * (1 - ctx.suite.margin)
+    t0 = time.perf_counter()
+    ratio, channels, measured = bisect_measured(lambda r: ctx.on_lattice([r] * len(ctx.graph.groups)), 0.05, 1.0, aim, ctx.timer, ctx.suite)
+    sizes = ctx.graph.group_sizes
+    cfg = replace(ctx.base, seed=seed, fixed_keep_ratios=tuple(c / s for c, s in zip(channels, sizes)))
+    path, report = _job_pruned(ctx, cfg, name)
+    return {"file": path, "channels": channels, "measured_fraction": measured, "prune_s": time.perf_counter() - t0,
+            "trained_epochs": 0, "detail": {"ratio": ratio}}  # fmt: skip
+
+
+def _tp_counts(ctx: Context, model: nn.Module) -> list[int]:
+    """Channels per group of a Torch-Pruning result: its groups are ours (the producers' output widths)."""
+    modules = dict(model.named_modules())
+    return [int(getattr(modules[g.producers[0]], "out_channels")) for g in ctx.graph.groups]
+
+
+def _tp_pruner(model: nn.Module, ratio: float, steps: int, multiple: int | None) -> Any:
+    import torch_pruning as tp
+
+    return tp.pruner.MetaPruner(
+        model,
+        torch.randn(1, *INPUT_SHAPE),
+        importance=tp.importance.GroupMagnitudeImportance(p=2),
+        global_pruning=True,
+        pruning_ratio=ratio,
+        iterative_steps=steps,
+        ignored_layers=[getattr(model, "fc")],
+        round_to=multiple,
+        max_pruning_ratio=TP_MAX_LAYER_RATIO,
+    )
+
+
+def _tp_plan(ctx: Context, history: list[Any]) -> PruningPlan:
+    """The `PruningPlan` Torch-Pruning's history describes: every out-channel removal replayed on the dense indices."""
+    kept = [list(range(c)) for c in ctx.graph.group_sizes]
+    owner = {p: g.index for g in ctx.graph.groups for p in g.producers}
+    for layer, is_out, idxs in history:
+        if not is_out or layer not in owner:
+            raise SystemExit(f"Torch-Pruning removed channels at {layer} (out={is_out}), which no group of hwdsa's graph produces")
+        drop = set(int(i) for i in idxs)
+        g = owner[layer]
+        kept[g] = [c for i, c in enumerate(kept[g]) if i not in drop]
+    return PruningPlan(group_sizes=ctx.graph.group_sizes, kept=tuple(tuple(k) for k in kept), model_name="resnet20",
+                       input_shape=INPUT_SHAPE, num_classes=10)  # fmt: skip
+
+
+def _check_tp_replay(ctx: Context, ratio: float, round_to: int | None) -> None:
+    """`_tp_plan` must name the channels Torch-Pruning kept: the dense model cut by the replayed plan must
+    compute what Torch-Pruning's own one-shot result computes."""
+    m = copy.deepcopy(ctx.model).eval()
+    pr = _tp_pruner(m, ratio, 1, round_to)
+    pr.step()
+    ours = prune(ctx.model, ctx.graph, _tp_plan(ctx, pr.pruning_history())).eval()
+    x = torch.randn(8, *INPUT_SHAPE)
+    with torch.no_grad():
+        if not torch.allclose(ours(x), m(x), atol=1e-4):
+            raise SystemExit("replaying Torch-Pruning's history on the dense model does not give its network: fix _tp_plan")
+
+
+def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dict[str, Any]:
+    suite = ctx.suite
+    aim = target * (1 - suite.margin)
+    torch.manual_seed(seed)
+    t0 = time.perf_counter()
+
+    def one_shot(keep: float) -> list[int]:
+        m = copy.deepcopy(ctx.model)
+        pr = _tp_pruner(m, 1 - keep, 1, round_to)
+        pr.step()
+        return _tp_counts(ctx, m)
+
+    # Torch-Pruning's `round_to` on the backend's lattice first (what its users set for hardware), aiming where the
+    # other rows aim; where its global ranking cannot get there on the lattice (a 16-channel group rounds back up
+    # to 16), on the lattice at the target itself (the goal's tolerance), and only then off the lattice.
+    attempts: list[tuple[int | None, float]] = [(ctx.multiple, aim), (ctx.multiple, target), (None, aim)]
+    for round_to, aim in attempts:
+        try:
+            keep_dry, _, _ = scan_measured(one_shot, TP_LOWEST_KEEP, 1.0, aim, ctx.timer, suite)
+            break
+        except Unreachable as exc:
+            _log.warning("%s: Torch-Pruning with round_to=%s, aim %.3f: %s", name, round_to, aim, exc)
+    else:
+        raise SystemExit(f"{name}: Torch-Pruning cannot reach {target:.0%} of the dense latency on this host")
+    _check_tp_replay(ctx, 1 - keep_dry, round_to)
+    model = copy.deepcopy(ctx.model)
+    pruner = _tp_pruner(model, 1 - keep_dry, suite.tp_steps, round_to)
+    data = ctx.data(seed)
+    epochs_each = [suite.search_epochs // suite.tp_steps + (1 if k < suite.search_epochs % suite.tp_steps else 0) for k in range(suite.tp_steps)]
+    train_cfg = [TrainConfig(epochs=e, lr=suite.lr) for e in epochs_each]
+    for k in range(suite.tp_steps - 1):  # Torch-Pruning's own schedule towards the dry-run ratio
+        pruner.step()
+        _log.info("%s: step %d/%d, channels %s", name, k + 1, suite.tp_steps, _tp_counts(ctx, model))
+        if epochs_each[k]:
+            fit(model, data.train, train_cfg[k], torch.device("cpu"), desc=f"torch-pruning step {k + 1}")
+
+    # The last step: one global step on the network as it now is, its size scanned on measured latency
+    # (a pruner cannot be copied, so the candidates are fresh one-step pruners on copies of the network).
+    def final_step(keep: float) -> list[int]:
+        m = copy.deepcopy(model)
+        _tp_pruner(m, 1 - keep, 1, round_to).step()
+        return _tp_counts(ctx, m)
+
+    keep, _, _ = scan_measured(final_step, TP_LOWEST_KEEP, 1.0, aim, ctx.timer, suite)
+    last = _tp_pruner(model, 1 - keep, 1, round_to)
+    last.step()
+    _log.info("%s: step %d/%d, channels %s", name, suite.tp_steps, suite.tp_steps, _tp_counts(ctx, model))
+    if epochs_each[-1]:
+        fit(model, data.train, train_cfg[-1], torch.device("cpu"), desc=f"torch-pruning step {suite.tp_steps}")
+    final = {"dry_ratio": 1 - keep_dry, "last_step_ratio": 1 - keep, "round_to": round_to, "aim": aim}
+    channels = _tp_counts(ctx, model)
+    plan = _tp_plan(ctx, [*pruner.pruning_history(), *last.pruning_history()])
+    ours = prune(ctx.model, ctx.graph, plan)
+    ours.load_state_dict(model.state_dict())
+    x = next(iter(data.holdout_eval))[0][:16]
+    with torch.no_grad():
+        if not torch.allclose(ours.eval()(x), model.eval()(x), atol=1e-5):
+            raise SystemExit("the Torch-Pruning result rebuilt from its history differs from the network it pruned")
+    path = ctx.work / name / "pruned.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_pruned(path, ours, plan)
+    return {"file": path, "channels": channels, "measured_fraction": ctx.timer.probe(channels, suite),
+            "prune_s": time.perf_counter() - t0, "trained_epochs": suite.search_epochs, "detail": final}  # fmt: skip
+
+
+def arch_dsa_flops(ctx: Context, target: float, seed: int, name: str, uniform_flops: float) -> dict[str, Any]:
+    aim = target * (1 - ctx.suite.margin)
+    t0 = time.perf_counter()
+    search_cfg = replace(ctx.base, seed=seed, fixed_keep_ratios=None, budgets=(BudgetSpec("flops", fraction=uniform_flops),))
+    job = PruneJob(search_cfg, ctx.work / f"{name}-search")
+    job.run(resume=True)
+    done = torch.load(job.out / ".search.done.pt", map_location="cpu", weights_only=False)
+    searched = ctx.work / name / "searched.pt"
+    searched.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(done["model"], searched)
+    ratios = torch.tensor(done["ratios"], dtype=torch.float64)
+
+    def projected(f: float) -> list[int]:
+        z = project_onto_budget(ratios, ctx.flops, f * ctx.flops.dense, lower=0.05)
+        return ctx.on_lattice(z.tolist())
+
+    f, channels, measured = bisect_measured(projected, 0.02, 1.0, aim, ctx.timer, ctx.suite)
+    sizes = ctx.graph.group_sizes
+    cfg = replace(ctx.base, seed=seed, weights=str(searched), fixed_keep_ratios=tuple(c / s for c, s in zip(channels, sizes)))
+    path, _ = _job_pruned(ctx, cfg, name)
+    return {"file": path, "channels": channels, "measured_fraction": measured, "prune_s": time.perf_counter() - t0,
+            "trained_epochs": ctx.suite.search_epochs, "detail": {"searched_flops": uniform_flops, "projected_flops": f}}  # fmt: skip
+
+
+def arch_dsa_latency(ctx: Context, target: float, seed: int, name: str, smooth: bool) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    cfg = replace(
+        ctx.base,
+        seed=seed,
+        fixed_keep_ratios=None,
+        budgets=(BudgetSpec("latency", fraction=target),),
+        verify_latency=True,
+        verify_margin=ctx.suite.margin,
+        admm=replace(AdmmConfig(), smooth_costs=smooth),
+    )
+    path, report = _job_pruned(ctx, cfg, name)
+    channels = list(report["channels"])
+    return {"file": path, "channels": channels, "measured_fraction": ctx.timer.probe(channels, ctx.suite),
+            "prune_s": time.perf_counter() - t0, "trained_epochs": ctx.suite.search_epochs,
+            "detail": {"table": report["budgets"]["latency"].get("table"), "latency_check": report.get("latency_check")}}  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _read(path: Path, key: str) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record["key"] != key:
+        raise SystemExit(f"{path} was made under other settings (key {record['key']}, now {key}): delete it to rerun")
+    return dict(record)
+
+
+def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], methods: Sequence[str]) -> None:
+    table_note: dict[str, Any] = {}
+    if any(m in LATENCY_ROWS for m in methods):
+        # the latency rows' table, profiled here once (as the first `hwdsa prune --latency` on a host does), timed
+        # apart from every run's pruning compute: it is paid once per device, not per network
+        t0 = time.perf_counter()
+        table = host_table("resnet20", ctx.model, INPUT_SHAPE)
+        table_note = {"table": Path(table).name, "table_ready_s": time.perf_counter() - t0}
+    dense_ms = ctx.timer.dense_ms(rounds=20, repeats=100)
+    _log.info("dense ResNet-20 on this host: %.4f ms (%s)", dense_ms, ctx.host["cpu"])
+    arch = ctx.out / "arch"
+    arch.mkdir(parents=True, exist_ok=True)
+    for target in targets:
+        for seed in seeds:
+            for method in methods:
+                name = run_name(target, method, seed)
+                key = run_key(ctx.suite, target, method, seed)
+                if _read(arch / f"{name}.json", key) is not None:
+                    _log.info("done before: %s", name)
+                    continue
+                _log.info("arch: %s", name)
+                if method == "uniform":
+                    row = arch_uniform(ctx, target, seed, name)
+                elif method == "torch_pruning":
+                    row = arch_torch_pruning(ctx, target, seed, name)
+                elif method == "dsa_flops":
+                    uniform = _read(arch / f"{run_name(target, 'uniform', seed)}.json", run_key(ctx.suite, target, "uniform", seed))
+                    if uniform is None:
+                        raise SystemExit(f"{name} searches at the FLOPs of the uniform row: run method uniform first")
+                    row = arch_dsa_flops(ctx, target, seed, name, uniform["flops_fraction"])
+                else:
+                    row = arch_dsa_latency(ctx, target, seed, name, smooth=method == "dsa_latency_smooth")
+                shutil.copyfile(row.pop("file"), arch / f"{name}.pt")
+                fr = ctx.fractions(row["channels"])
+                record = {"name": name, "key": key, "target": target, "seed": seed, "method": method, "suite": asdict(ctx.suite),
+                          "host": ctx.host, "dense_ms": dense_ms, **table_note, "flops_fraction": fr["flops"], "params_fraction": fr["params"], **row}  # fmt: skip
+                write_json_atomic(arch / f"{name}.json", record)
+                _log.info("%s: %.3f of dense measured (target %.2f), channels %s", name, row["measured_fraction"], target, row["channels"])
+
+
+def stage_finetune(ctx: Context) -> None:
+    device = torch.device("cpu")
+    dense_acc: dict[int, float] = {}
+    for arch_json in sorted((ctx.out / "arch").glob("*.json")):
+        a = json.loads(arch_json.read_text())
+        name = a["name"]
+        out_json = ctx.out / f"{name}.json"
+        if _read(out_json, a["key"]) is not None:
+            _log.info("done before: %s", name)
+            continue
+        torch.manual_seed(a["seed"])
+        data = ctx.data(a["seed"])
+        model, plan = load_pruned(arch_json.with_suffix(".pt"))
+        recalibrate_batchnorm(model, data.train, device)
+        before = evaluate(model, data.test, device)
+        epochs = ctx.suite.finetune_epochs + ctx.suite.search_epochs - int(a["trained_epochs"])
+        t0 = time.perf_counter()
+        fit(model, data.train, TrainConfig(epochs=epochs, lr=ctx.suite.lr), device, desc=f"finetune {name}")
+        if a["seed"] not in dense_acc:
+            dense_acc[a["seed"]] = evaluate(ctx.model, data.test, device)
+        record = {**a, "dense_accuracy": dense_acc[a["seed"]], "finetune_epochs": epochs, "finetune_s": time.perf_counter() - t0, "accuracy_before_finetune": before,
+                  "accuracy": evaluate(model, data.test, device), "heldout_accuracy": evaluate(model, data.holdout_eval, device)}  # fmt: skip
+        save_pruned(ctx.out / f"{name}.pt", model, plan)
+        write_json_atomic(out_json, record)
+        _log.info("%s: top-1 %.4f (held-out %.4f, before fine-tuning %.4f)", name, record["accuracy"], record["heldout_accuracy"], before)
+
+
+def stage_time(ctx: Context, rounds: int, repeats: int) -> None:
+    """Dense and every finished row (else its architecture) in the same rounds, networks in shuffled order."""
+    rows = {}
+    for p in sorted((ctx.out / "arch").glob("*.json")):
+        rows[p.stem] = json.loads(p.read_text())["channels"]
+    names = list(rows)
+    random.Random(0).shuffle(names)
+    protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
+    per_net = measure_rounds(ctx.model, ctx.graph, [list(ctx.graph.group_sizes)] + [rows[n] for n in names], ctx.backend, protocol, rounds=rounds)
+    dense = _ms(per_net[0])
+    record = {
+        "host": ctx.host,
+        "statistic": "the quietest round's median (hwdsa.profilers.base.quietest)",
+        "rounds": rounds,
+        "repeats": repeats,
+        "when": time.strftime("%Y-%m-%d %H:%M"),
+        "dense_ms": dense,
+        "ms": {n: _ms(r) for n, r in zip(names, per_net[1:])},
+    }
+    write_json_atomic(ctx.out / f"timing-{ctx.host['fingerprint']}.json", record)
+    _log.info("timed dense (%.4f ms) and %d rows on %s", dense, len(names), ctx.host["cpu"])
+
+
+# ---------------------------------------------------------------------------------------------- report
+def load_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("t[0-9]*.json"))]
+    timings = [json.loads(p.read_text()) for p in sorted(out.glob("timing-*.json"))]
+    return runs, timings
+
+
+def latency_row(runs: list[dict[str, Any]]) -> str:
+    """hwdsa's row: the latency variant with the better mean held-out accuracy (never the test set)."""
+    def held(m: str) -> float:
+        vals = [r["heldout_accuracy"] for r in runs if r["method"] == m]
+        return statistics.mean(vals) if vals else -1.0
+
+    return max(LATENCY_ROWS, key=held)
+
+
+def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    ours = latency_row(runs)
+    out = []
+    for target in sorted({r["target"] for r in runs}):
+        at = [r for r in runs if r["target"] == target]
+        for method in METHODS:
+            rs = sorted((r for r in at if r["method"] == method), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            acc = [r["accuracy"] for r in rs]
+            row: dict[str, Any] = {
+                "target": target,
+                "method": method,
+                "hwdsa_row": method == ours,
+                "seeds": len(rs),
+                "top1_mean": statistics.mean(acc),
+                "top1_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                "heldout_mean": statistics.mean(r["heldout_accuracy"] for r in rs),
+                "before_finetune_mean": statistics.mean(r["accuracy_before_finetune"] for r in rs),
+                "flops_fraction": statistics.mean(r["flops_fraction"] for r in rs),
+                "params_fraction": statistics.mean(r["params_fraction"] for r in rs),
+                "arch_measured_over_target": statistics.mean(r["measured_fraction"] / target for r in rs),
+                "prune_core_min": statistics.mean(r["prune_s"] for r in rs) / 60,
+                "channels": [r["channels"] for r in rs],
+            }
+            for t in timings:
+                ms = [t["ms"][r["name"]] for r in rs if r["name"] in t["ms"]]
+                if ms:
+                    row[f"ms@{t['host']['fingerprint']}"] = statistics.mean(ms)
+                    row[f"over_target@{t['host']['fingerprint']}"] = statistics.mean(m / (target * t["dense_ms"]) for m in ms)
+            base = {r["seed"]: r["accuracy"] for r in at if r["method"] == ours}
+            pairs = [r["accuracy"] - base[r["seed"]] for r in rs if r["seed"] in base]
+            if method != ours and pairs:
+                row["diff_to_hwdsa"] = paired_interval(pairs)
+            out.append(row)
+    return out
+
+
+def write_report(out_root: Path) -> None:
+    out = out_root / "equal_latency"
+    runs, timings = load_rows(out)
+    if not runs:
+        _log.info("no finished runs yet under %s", out)
+        return
+    rows = summarise(runs, timings)
+    hosts = [t["host"] for t in timings]
+    lines = [
+        "# Accuracy at equal measured latency (ResNet-20, full CIFAR-10, ONNX Runtime fp32, batch 1, one thread)",
+        "",
+        "Rows: " + "; ".join(f"`{m}`: {d}" for m, d in METHODS.items()) + ". hwdsa's row is the latency variant with the "
+        f"better held-out accuracy (`{latency_row(runs)}`). The FLOPs row bisects the FLOPs fraction on the projection of "
+        "the searched ratios, not on whole searches. Every pruned row trains its weights for the same epochs.",
+        "",
+        "Hosts that timed the rows: " + ("; ".join(f"{h['cpu']} (`{h['fingerprint']}`)" for h in hosts) or "none yet") + ".",
+        "",
+    ]
+    header = ["target", "method", "seeds", "top-1 (mean ± std)", "diff to hwdsa [95% CI]", "before FT", "FLOPs", "params",
+              "measured / T (arch stage)", *[f"measured / T ({h['fingerprint']})" for h in hosts], "pruning core-min"]  # fmt: skip
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        diff = r.get("diff_to_hwdsa")
+        cells = [f"{r['target']:.0%}", ("**" + r["method"] + "**") if r["hwdsa_row"] else r["method"], str(r["seeds"]),
+                 f"{r['top1_mean']:.2%} ± {r['top1_std']:.2%}",
+                 (f"{diff[0]:+.2%} [{diff[1]:+.2%}, {diff[2]:+.2%}]" if math.isfinite(diff[1]) else f"{diff[0]:+.2%} (one seed)") if diff else "",
+                 f"{r['before_finetune_mean']:.2%}", f"{r['flops_fraction']:.3f}", f"{r['params_fraction']:.3f}",
+                 f"{r['arch_measured_over_target']:.3f}",
+                 *[f"{r[k]:.3f}" if (k := f"over_target@{h['fingerprint']}") in r else "" for h in hosts],
+                 f"{r['prune_core_min']:.1f}"]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    tp = [r for r in rows if r["method"] == "torch_pruning"]
+    us = [r for r in rows if r["hwdsa_row"]]
+    for a in tp:
+        b = next((u for u in us if u["target"] == a["target"]), None)
+        if b:
+            lines += ["", f"Pruning time at {a['target']:.0%}: Torch-Pruning iterative {a['prune_core_min']:.1f} core-min, "
+                      f"hwdsa {b['prune_core_min']:.1f} core-min (ratio {a['prune_core_min'] / b['prune_core_min']:.2f})."]  # fmt: skip
+    write_text_atomic(out_root / "equal_latency.md", "\n".join(lines) + "\n")
+    write_json_atomic(out_root / "equal_latency.json", {"rows": rows, "hosts": hosts})
+    buf = io.StringIO()
+    flat = [{k: v for k, v in r.items() if k not in ("channels", "diff_to_hwdsa")} for r in rows]
+    w = csv.DictWriter(buf, fieldnames=sorted({k for r in flat for k in r}))
+    w.writeheader()
+    w.writerows(flat)
+    write_text_atomic(out_root / "equal_latency.csv", buf.getvalue())
+    _plot(out_root / "equal_latency.png", runs, timings)
+
+
+def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> None:
+    plt = pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 4.8))
+    t = timings[-1] if timings else None
+    for k, method in enumerate(METHODS):
+        rs = [r for r in runs if r["method"] == method]
+        if not rs:
+            continue
+        x = [(t["ms"][r["name"]] / t["dense_ms"]) if t and r["name"] in t["ms"] else r["measured_fraction"] for r in rs]
+        ax.scatter(x, [100 * r["accuracy"] for r in rs], label=method, marker="os^Dv"[k % 5], color=f"C{k}")
+    dense = runs[0].get("dense_accuracy")
+    if dense:
+        ax.scatter([1.0], [100 * dense], color="k", marker="*", s=120, label="dense")
+    ax.set_xlabel("measured latency / dense")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("accuracy against measured latency")
+    ax.legend(fontsize=8)
+    for k, method in enumerate(METHODS):
+        r = next((r for r in runs if r["target"] == 0.5 and r["seed"] == 0 and r["method"] == method), None)
+        if r is not None:
+            bx.plot(range(len(r["channels"])), r["channels"], marker="os^Dv"[k % 5], label=method, color=f"C{k}")
+    bx.set_xlabel("channel group")
+    bx.set_ylabel("channels kept")
+    bx.set_title("what each method cut (T = 50%, seed 0)")
+    bx.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=["arch", "finetune", "time", "report"], default="report")
+    p.add_argument("--data-root", help="the CIFAR-10 folder (the standard download)")
+    p.add_argument("--weights", default=str(HERE / "dense" / "resnet20_cifar10.pt"))
+    p.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3, 0.7])
+    p.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 at 50%%, 0 elsewhere")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    p.add_argument("--search-epochs", type=int, default=5)
+    p.add_argument("--finetune-epochs", type=int, default=15)
+    p.add_argument("--tp-steps", type=int, default=5)
+    p.add_argument("--subset-per-class", type=int, help="a smaller training set (smoke tests only)")
+    p.add_argument("--timing-rounds", type=int, default=20)
+    p.add_argument("--timing-repeats", type=int, default=100)
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--work", default="runs/equal_latency", help="scratch folder (not committed)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(1)
+    if args.stage == "report":
+        write_report(Path(args.out))
+        return 0
+    if args.stage in ("arch", "finetune") and not args.data_root:
+        raise SystemExit("--data-root is needed to train: the CIFAR-10 folder")
+    ctx = Context(args)
+    if args.stage == "arch":
+        for target in args.targets:
+            seeds = args.seeds or ([0, 1, 2] if math.isclose(target, 0.5) else [0])
+            stage_arch(ctx, [target], seeds, args.methods)
+    elif args.stage == "finetune":
+        stage_finetune(ctx)
+    else:
+        stage_time(ctx, args.timing_rounds, args.timing_repeats)
+    write_report(Path(args.out))
+    _log.info("reproduce: %s", reproduce_command("equal_latency.py", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import random
 import sys
@@ -35,7 +36,7 @@ from hwdsa.graph import trace_channel_graph
 from hwdsa.lut.calibrate import fit_calibration
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import paddings_from_model
-from hwdsa.lut.network import backend_for_table, calibration_networks, measure_pruned, random_channels
+from hwdsa.lut.network import backend_for_table, calibration_networks, independent_channels, measure_pruned, random_channels
 from hwdsa.lut.table import LatencyTable, packaged_tables
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
@@ -78,6 +79,34 @@ def _backend(table: LatencyTable) -> Any:
     return backend_for_table(table.meta)
 
 
+def dsa_networks(model_name: str, files: list[str], sizes: tuple[int, ...]) -> list[list[int]]:
+    """Every distinct channel vector DSA produced for `model_name` in the given result files: the budget benchmark's
+    (`latency_budget.json`: searched, verified and every rounding `--verify-latency` timed) and the equal-latency
+    benchmark's architectures (`equal_latency/arch/*.json`)."""
+    found: list[list[int]] = []
+
+    def add(ch: Any) -> None:
+        vec = [int(c) for c in (ch.split() if isinstance(ch, str) else ch)]
+        if len(vec) == len(sizes) and vec not in found:
+            found.append(vec)
+
+    for name in files:
+        for path in sorted(Path().glob(name)) if any(c in name for c in "*?[") else [Path(name)]:
+            if not path.is_file():
+                continue
+            data = json.loads(path.read_text())
+            for row in data.get("rows", []) if "rows" in data else [data]:
+                if row.get("model", "resnet20") != model_name:
+                    continue
+                if str(row.get("method", "dsa")).startswith("dsa"):
+                    for key in ("channels", "verified_channels"):
+                        if row.get(key) is not None:
+                            add(row[key])
+                    for cand in row.get("verify_rows", []):
+                        add(cand["channels"])
+    return found
+
+
 def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     table = LatencyTable.read(table_path)
     model = create_model(model_name)
@@ -104,7 +133,12 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     test_nets = _distinct(lambda: random_channels(graph, test_rng, multiple=multiple), args.networks, exclude=used)
     # Off the lattice (any count): what the table does not price for a lattice backend; reported, not the goal.
     off_nets = _distinct(lambda: random_channels(graph, test_rng), args.off_lattice if multiple > 1 else 0, exclude=used)
-    nets = cal_nets + test_nets + off_nets + uniform_nets
+    # Two more held-out sets: groups drawn independently (wide early and narrow late stages occur), and the
+    # networks DSA produced for this model in the budget and equal-latency benchmarks (what pruning asks about).
+    indep_rng = random.Random(args.seed + 1)
+    indep_nets = _distinct(lambda: independent_channels(graph, indep_rng, multiple=multiple), args.independent, exclude=used + test_nets)
+    dsa_nets = [ch for ch in dsa_networks(model_name, args.dsa_networks, graph.group_sizes) if ch not in used]
+    nets = cal_nets + test_nets + off_nets + uniform_nets + indep_nets + dsa_nets
     protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.rounds)
     t0 = time.perf_counter()
     pass1 = np.array(measure_pruned(model, graph, nets, backend, protocol))
@@ -113,7 +147,10 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     measured = np.minimum(pass1, pass2)  # the quietest of all 2 x rounds rounds, as one longer measurement
     k, n, n_off = len(cal_nets), len(test_nets), len(off_nets)
     cal_pairs = list(zip(cal_nets, measured[:k].tolist()))
-    uniform_pairs = list(zip(uniform_nets, measured[k + n + n_off :].tolist()))
+    n_uni, n_ind = len(uniform_nets), len(indep_nets)
+    uniform_pairs = list(zip(uniform_nets, measured[k + n + n_off : k + n + n_off + n_uni].tolist()))
+    rest = measured[k + n + n_off + n_uni :]
+    indep_meas, dsa_meas = rest[:n_ind], rest[n_ind:]
     fresh = fit_calibration(cost, cal_pairs)  # as `hwdsa fit` fits it
     refitted = cost.with_calibration(fresh)
     all_predicted = np.array([refitted.exact(ch) for ch in test_nets + off_nets])
@@ -153,6 +190,10 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
         "channel_multiple": multiple,
         "off_lattice": _errors(all_predicted[n:], off_meas) if off_nets else None,
         "off_lattice_networks": len(off_nets),
+        "independent": _errors(np.array([refitted.exact(ch) for ch in indep_nets]), indep_meas) if indep_nets else None,
+        "independent_networks": len(indep_nets),
+        "dsa_produced": _errors(np.array([refitted.exact(ch) for ch in dsa_nets]), dsa_meas) if dsa_nets else None,
+        "dsa_produced_networks": len(dsa_nets),
         "seconds": seconds,
     }
     rows = [
@@ -179,6 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1000, help="seed of the test networks (the calibration networks use `hwdsa fit`'s seed, 0)")
     p.add_argument("--calibration-networks", type=int, default=24, help="networks the calibration is refitted on (dense + N-1 random; the shipped tables used 24)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds per pass (two passes; the quietest round is kept)")
+    p.add_argument("--independent", type=int, default=30, help="held-out networks whose groups are drawn independently")
+    p.add_argument(
+        "--dsa-networks",
+        nargs="*",
+        default=["benchmarks/results/latency_budget.json", "benchmarks/results/equal_latency/arch/*.json"],
+        help="result files whose DSA-produced networks are a held-out set",
+    )
     p.add_argument("--off-lattice", type=int, default=20, help="extra networks at any channel count, for tables with a channel lattice (reported, not the goal)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeats", type=int, default=30)
@@ -249,7 +297,10 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle). *Measured* is "
         "the quietest of both passes; *repeatability* compares the two passes with each other, the measurement's own noise. "
         "*Off the lattice*: extra networks at any channel count, which `hwdsa prune` does not produce for a backend with a "
-        "lattice (reported, not part of the goal). Goal: >= 95% within ±10%.",
+        "lattice (reported, not part of the goal). Two more held-out sets, per model: *independent groups* (every group's "
+        "keep ratio drawn from U(0.25, 1) on its own, on the lattice: wide early beside narrow late stages, which the "
+        "width-first draws rarely give) and *DSA-produced* (every network DSA searched, verified or timed as a candidate for "
+        "this model in `latency_budget.json` and the equal-latency benchmark). Goal: >= 95% within ±10%.",
         "",
         "| backend | networks | cost model ±5% | ±10% | MAPE | max | ±10% at >= 20% of dense (networks) | no spill step ±10% "
         "| uniform draw ±10% | shipped calibration ±10% | FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
@@ -269,8 +320,9 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "Per model:",
         "",
         "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no spill ±10% "
-        "| uniform draw ±10% | shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| uniform draw ±10% | shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% "
+        "| independent groups ±5% / ±10% / max | DSA-produced ±5% / ±10% / max |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result["per_model"]:
         c, sc, f, r = s["cost_model"], s["cost_model_shipped_calibration"], s["flops_proxy"], s["repeatability"]
@@ -287,6 +339,11 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             f"{_pct(sc['within_10'])} | "
             f"{_pct(f['within_10'])} | {_pct(r['within_10'])} | "
             + (f"{_pct(off['within_10'])} of {s['off_lattice_networks']} |" if off else "— |")
+            + "".join(
+                f" {_pct(e['within_5'])} / {_pct(e['within_10'])} / {_pct(e['max_error'])} of {s[key + '_networks']} |" if e else " — |"
+                for key in ("independent", "dsa_produced")
+                for e in [s.get(key)]
+            )
         )
     return "\n".join(lines) + "\n"
 

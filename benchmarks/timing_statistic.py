@@ -37,9 +37,8 @@ from typing import Any
 import numpy as np
 
 from hwdsa._io import write_json_atomic, write_text_atomic
-from hwdsa.channels import round_channels
 from hwdsa.graph import trace_channel_graph
-from hwdsa.lut.network import measure_rounds
+from hwdsa.lut.network import independent_channels, measure_rounds
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.backend import get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol
@@ -55,11 +54,6 @@ STATISTICS: dict[str, Callable[[Sequence[Measurement]], float]] = {
     "min_of_minima": lambda ms: min(m.min_ms for m in ms),
     "median_of_medians": lambda ms: statistics.median(m.median_ms for m in ms),
 }
-
-
-def independent_draws(group_sizes: Sequence[int], rng: random.Random, n: int, multiple: int, low: float = 0.25) -> list[list[int]]:
-    """`n` networks whose every group keeps U(low, 1) of its channels, drawn independently, on the lattice."""
-    return [round_channels([rng.uniform(low, 1.0) * c for c in group_sizes], group_sizes, multiple=multiple) for _ in range(n)]
 
 
 @contextmanager
@@ -127,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     model = create_model(args.model)
     graph = trace_channel_graph(model, default_input_shape(args.model))
-    nets = [list(graph.group_sizes)] + independent_draws(graph.group_sizes, random.Random(args.seed), args.networks, args.multiple)
+    rng = random.Random(args.seed)
+    nets = [list(graph.group_sizes)] + [independent_channels(graph, rng, multiple=args.multiple) for _ in range(args.networks)]
     backend = get_backend("onnxruntime", num_threads=1)
     protocol = TimingProtocol(warmup=10, repeats=args.repeats, max_attempts=1)
     passes: list[list[list[Measurement]]] = []

@@ -19,6 +19,7 @@ from hwdsa.lut.network import (
     calibrate_table,
     calibration_networks,
     deployable,
+    independent_channels,
     measure_pruned,
     measure_rounds,
     profile_network,
@@ -77,6 +78,23 @@ def test_random_channels_on_a_lattice() -> None:
     nets = calibration_networks(graph, 5, seed=3, multiple=8)
     assert nets[0] == list(graph.group_sizes) and len(nets) == 5
     assert nets == calibration_networks(graph, 5, seed=3, multiple=8)  # seeded
+
+
+def test_independent_channels_give_uneven_allocations_a_width_draw_rarely_gives() -> None:
+    """Wide first stage beside a narrow last one: groups drawn on their own reach it, a width-first draw barely does."""
+    graph = trace_channel_graph(create_model("resnet20"), (3, 32, 32))
+    sizes = graph.group_sizes
+
+    def uneven(ch: list[int]) -> bool:
+        return ch[0] / sizes[0] >= 0.75 and ch[-1] / sizes[-1] <= 0.4
+
+    rng = random.Random(0)
+    drawn = [independent_channels(graph, rng, multiple=8) for _ in range(200)]
+    assert all(k % 8 == 0 and 8 <= k <= c for ch in drawn for k, c in zip(ch, sizes))
+    widths = [random_channels(graph, rng, multiple=8) for _ in range(200)]
+    assert sum(map(uneven, drawn)) > 3 * max(1, sum(map(uneven, widths)))
+    with pytest.raises(ConfigError, match="low must lie in"):
+        independent_channels(graph, rng, low=1.5)
 
 
 def test_pruned_and_folded_network_computes_the_same_as_the_pruned_one() -> None:

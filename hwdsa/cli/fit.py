@@ -24,12 +24,18 @@ if TYPE_CHECKING:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from hwdsa.cli.profile import add_model_arguments
     from hwdsa.lut.calibrate import CALIBRATION_METHODS
+    from hwdsa.lut.network import DEFAULT_CALIBRATION_NETWORKS
     from hwdsa.profilers.cli_flags import add_backend_option_arguments, add_protocol_arguments
 
     p.add_argument("table", help="latency table (.csv from `hwdsa profile`)")
     add_model_arguments(p)
     p.add_argument("--name", help="name the calibration is stored under (default: the model's)")
-    p.add_argument("--networks", type=int, default=8, help="networks timed end to end: the dense one and N-1 random prunings (default 8)")
+    p.add_argument(
+        "--networks",
+        type=int,
+        default=DEFAULT_CALIBRATION_NETWORKS,
+        help=f"networks timed end to end: the dense one and N-1 random prunings (default {DEFAULT_CALIBRATION_NETWORKS})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random prunings")
     p.add_argument(
         "--interpolation", default=None,

@@ -265,6 +265,15 @@ def measure_rounds(
     return samples
 
 
+#: Networks a calibration is fitted on by default (the dense one and N-1 random prunings): with 8, two
+#: default runs on one quiet host gave 47% and 100% of held-out networks within ±10% (issue 14).
+DEFAULT_CALIBRATION_NETWORKS = 16
+#: A calibration network measured this far above the fit (a share of its latency) is timed again ...
+REMEASURE_ABOVE = 0.04
+#: ... at most this many times (each pass times only the networks still above).
+REMEASURE_PASSES = 2
+
+
 def calibrate_table(
     table: LatencyTable,
     model: nn.Module,
@@ -272,7 +281,7 @@ def calibrate_table(
     backend: Backend | str,
     *,
     name: str,
-    networks: int = 8,
+    networks: int = DEFAULT_CALIBRATION_NETWORKS,
     seed: int = 0,
     protocol: TimingProtocol | None = None,
     rounds: int | None = None,
@@ -291,6 +300,9 @@ def calibrate_table(
     (`--latency 0.5`) is that fraction of what the dense network measured, whatever the fit's error
     there. `anchor_dense` makes the fit itself go through that measurement (the dense network is
     often the outlier of a memory-bound model: it alone exceeds a cache, so this is off by default).
+    Networks measured more than `REMEASURE_ABOVE` above the first fit (timed in a disturbed window of a
+    shared machine) are timed again, each keeping its quietest timing, and the fit is redone (at most
+    `REMEASURE_PASSES` times).
     `interpolation` (see `LatencyCost.fit`) is stored in the table's metadata with the calibration,
     which is fitted under it; None keeps the table's. Write the returned table to keep both with it.
 
@@ -315,11 +327,24 @@ def calibrate_table(
         table = table.with_meta(extra={**table.meta.extra, "interpolation": interpolation})
     cost = LatencyCost.fit(table, graph, calibration=None, paddings=paddings_from_model(model))
     chosen = calibration_networks(graph, networks, seed=seed, multiple=table.meta.channel_multiple)
-    measured = measure_pruned(
-        model, graph, chosen, be, protocol, rounds=rounds, batch_size=table.meta.batch_size, precision=table.meta.precision
-    )
-    pairs: list[tuple[Sequence[int], float]] = list(zip(chosen, measured))
-    cal = fit_calibration(cost, pairs, method=method, anchor=0 if anchor_dense else None)
+    def timed(nets: list[list[int]]) -> list[float]:
+        return measure_pruned(
+            model, graph, nets, be, protocol, rounds=rounds, batch_size=table.meta.batch_size, precision=table.meta.precision
+        )
+
+    measured = timed(chosen)
+    cal = fit_calibration(cost, list(zip(chosen, measured)), method=method, anchor=0 if anchor_dense else None)
+    for attempt in range(REMEASURE_PASSES):
+        # Contention only adds time: a network timed in a disturbed window sits far above the fit. Time those
+        # again (each keeps the quietest of all its timings) and refit, so a calibration does not hang on luck.
+        slow = [i for i, (r, m) in enumerate(zip(cal.residuals_ms, measured)) if r > REMEASURE_ABOVE * m]
+        if not slow:
+            break
+        _log.info("calibration: %d of %d networks measured over %.0f%% above the fit; timing them again", len(slow), len(chosen), 100 * REMEASURE_ABOVE)
+        again = timed([chosen[i] for i in slow])
+        for i, ms in zip(slow, again):
+            measured[i] = min(measured[i], ms)
+        cal = fit_calibration(cost, list(zip(chosen, measured)), method=method, anchor=0 if anchor_dense else None)
     cal = dataclasses.replace(cal, dense_ms=float(measured[0]))
     return attach_calibration(table, name, cal), cal
 
@@ -372,7 +397,7 @@ def latency_table_for(
     name: str,
     grid: GridConfig | None = None,
     protocol: TimingProtocol | None = None,
-    networks: int = 8,
+    networks: int = DEFAULT_CALIBRATION_NETWORKS,
     **backend_options: Any,
 ) -> Path:
     """A calibrated table for `model` at `out_path`, profiling and calibrating only what is missing.

@@ -598,6 +598,10 @@ def write_report(out_root: Path) -> None:
         "",
         "Hosts that timed the rows: " + ("; ".join(f"{h['cpu']} (`{h['fingerprint']}`)" for h in hosts) or "none yet") + ".",
         "",
+        f"Dense: top-1 {runs[0].get('dense_accuracy', float('nan')):.2%}; "
+        + ", ".join(f"{t['dense_ms']:.4f} ms on `{t['host']['fingerprint']}` ({t['when']})" for t in timings)
+        + ".",
+        "",
     ]
     header = ["target", "method", "seeds", "top-1 (mean ± std)", "diff to hwdsa [95% CI]", "before FT", "FLOPs", "params",
               "measured / T (arch stage)", *[f"measured / T ({h['fingerprint']})" for h in hosts], "pruning core-min"]  # fmt: skip

@@ -32,7 +32,16 @@ def reproduce_command(script: str, argv: Sequence[str] | None = None) -> str:
 
 
 def portable_args(args: object) -> dict[str, object]:
-    """An argparse namespace as a result file records it: machine folders as their placeholders."""
+    """An argparse namespace as a result file records it: machine folders as their placeholders, any other
+    absolute path (a table in the per-user cache) as its file name."""
     flags = {flag.lstrip("-").replace("-", "_"): placeholder for flag, placeholder in _MACHINE_PATHS.items()}
-    return {k: (flags[k] if k in flags and v is not None else v) for k, v in vars(args).items()}
+
+    def portable(v: object) -> object:
+        if isinstance(v, str) and os.path.isabs(v):
+            return Path(v).name
+        if isinstance(v, list):
+            return [portable(x) for x in v]
+        return v
+
+    return {k: (flags[k] if k in flags and v is not None else portable(v)) for k, v in vars(args).items()}
 

@@ -61,6 +61,7 @@ import torch
 from torch import nn
 
 from hwdsa._io import write_json_atomic, write_text_atomic
+from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hwdsa.channels import round_channels
 from hwdsa.costs import FlopsCost, ParamsCost
 from hwdsa.dsa.allocator import AdmmConfig
@@ -77,7 +78,17 @@ from hwdsa.profilers.backend import Backend, get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
 from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 from hwdsa.surgery import PruningPlan, load_pruned, prune, save_pruned
-from hwdsa.training import TrainConfig, evaluate, fit, recalibrate_batchnorm
+from hwdsa.training import (
+    TrainConfig,
+    batches_per_epoch,
+    evaluate,
+    fit,
+    make_optimizer,
+    make_scheduler,
+    recalibrate_batchnorm,
+    set_epoch,
+    train_epoch,
+)
 
 from _command import reproduce_command
 from _plots import pyplot, save_figure
@@ -477,6 +488,30 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                 _log.info("%s: %.3f of dense measured (target %.2f), channels %s", name, row["measured_fraction"], target, row["channels"])
 
 
+def resumable_fit(model: nn.Module, loader: Any, cfg: TrainConfig, checkpoint: Path, key: str, *, desc: str) -> None:
+    """`hwdsa.training.fit` with a checkpoint after every epoch, resumed when one made under `key` exists:
+    a fine-tuning that a session's end interrupts continues in the next one (if its scratch folder survives)."""
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, batches_per_epoch(loader))
+    start = 0
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint, expect={"key": key})
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start = int(state["epoch"])
+        _log.info("%s: resumed after epoch %d", desc, start)
+    for epoch in range(start, cfg.epochs):
+        set_epoch(loader, epoch)
+        loss = train_epoch(model, loader, optimizer, scheduler, device, desc=f"{desc} {epoch + 1}/{cfg.epochs}")
+        _log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, cfg.epochs, loss)
+        save_checkpoint(checkpoint, {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                     "scheduler": scheduler.state_dict(), "rng": rng_state()})  # fmt: skip
+    checkpoint.unlink(missing_ok=True)
+
+
 def stage_finetune(ctx: Context) -> None:
     device = torch.device("cpu")
     dense_acc: dict[int, float] = {}
@@ -494,7 +529,7 @@ def stage_finetune(ctx: Context) -> None:
         before = evaluate(model, data.test, device)
         epochs = ctx.suite.finetune_epochs + ctx.suite.search_epochs - int(a["trained_epochs"])
         t0 = time.perf_counter()
-        fit(model, data.train, TrainConfig(epochs=epochs, lr=ctx.suite.lr), device, desc=f"finetune {name}")
+        resumable_fit(model, data.train, TrainConfig(epochs=epochs, lr=ctx.suite.lr), ctx.work / f"{name}-finetune.pt", a["key"], desc=f"finetune {name}")
         if a["seed"] not in dense_acc:
             dense_acc[a["seed"]] = evaluate(ctx.model, data.test, device)
         record = {**a, "dense_accuracy": dense_acc[a["seed"]], "finetune_epochs": epochs, "finetune_s": time.perf_counter() - t0, "accuracy_before_finetune": before,

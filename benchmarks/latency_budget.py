@@ -45,6 +45,7 @@ from hwdsa.lut.table import LatencyTable, packaged_tables
 from hwdsa.lut.verify import meet_measured_budget
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 from hwdsa.training import TrainConfig
 
 from _command import portable_args
@@ -286,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     verified = [r["verified_over_requested"] for r in rows]
     result = {
         "goal": list(GOAL),
+        "host": {"cpu": cpu_description(), "fingerprint": fingerprint_id(cpu_fingerprint())},
         "args": portable_args(args),
         "within_goal": sum(r["within_goal"] for r in rows),
         "verified_within_goal": sum(r["verified_within_goal"] for r in rows),
@@ -309,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
+    host = result.get("host")
     lines = [
         "## Latency budget adherence",
+        "",
+        f"Host: {host['cpu']} (fingerprint `{host['fingerprint']}`)." if host else "Host: not recorded (an earlier Intel Xeon, AVX-512, with the shipped tables).",
         "",
         f"DSA search ({args.search_epochs} epochs on {args.per_class} CIFAR-10 images per class, from random weights) under "
         "each table's calibrated latency cost, then two roundings of the searched keep ratios: the cost model's "

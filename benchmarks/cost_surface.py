@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             ch = round_for_budgets(z, [budget], sizes)
             cells.append(f"{cost.exact(ch) / budget.limit:.3f} {ch}")
         print(f"| {monotone} | {rel.mean():+.2%} | {rel.max():+.2%} | {rel.min():+.2%} | " + " | ".join(cells) + " |")
+    print(f"\nReproduce: `python benchmarks/cost_surface.py --table {Path(args.table).name} --model {args.model}` (the table from this "
+          "host's cache, `hwdsa info`); no timing, the table is only read.")
     return 0
 
 

@@ -140,7 +140,7 @@ def run_key(suite: Suite, target: float, method: str, seed: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- timing
 def _ms(rounds: Sequence[Measurement]) -> float:
-    """hwdsa's one latency statistic over interleaved rounds (`benchmarks/results/timing_statistic.md`)."""
+    """hwdsa's one latency statistic over interleaved rounds (`hwdsa.profilers.base.quietest`)."""
     return quietest(rounds).median_ms
 
 

@@ -175,9 +175,11 @@ def quietest(measurements: Iterable[Measurement]) -> Measurement:
     """The measurement of the quietest round: the lowest median (see `TimingProtocol.rounds`).
 
     Contention only ever adds time, so across rounds the lowest median is the one least disturbed;
-    its quartiles, noise flag and load average are kept with it. Measured against the median over rounds
-    of each round's minimum on the same samples (`benchmarks/timing_statistic.py`), it repeated better
-    between passes minutes apart on this project's shared VMs, so it stays hwdsa's one statistic.
+    its quartiles, noise flag and load average are kept with it. Against the median over rounds of each
+    round's minimum, on the same samples (`benchmarks/timing_statistic.py`), it repeated better between
+    passes minutes apart in one of two comparisons on this project's shared VMs and worse in the other;
+    the minimum over all rounds was the most repeatable in both. It stays hwdsa's one statistic until a
+    longer comparison settles the choice.
     """
     ms = list(measurements)
     if not ms:

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from hwdsa._io import write_json_atomic, write_text_atomic
-from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hwdsa.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from hwdsa.channels import round_channels
 from hwdsa.costs import FlopsCost, ParamsCost
 from hwdsa.dsa.allocator import AdmmConfig
@@ -496,19 +496,13 @@ def resumable_fit(model: nn.Module, loader: Any, cfg: TrainConfig, checkpoint: P
     scheduler = make_scheduler(optimizer, cfg, batches_per_epoch(loader))
     start = 0
     if checkpoint.is_file():
-        state = load_checkpoint(checkpoint, expect={"key": key})
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-        start = int(state["epoch"])
+        start = restore_training_state(load_checkpoint(checkpoint, expect={"key": key}), model, optimizer, scheduler)
         _log.info("%s: resumed after epoch %d", desc, start)
     for epoch in range(start, cfg.epochs):
         set_epoch(loader, epoch)
         loss = train_epoch(model, loader, optimizer, scheduler, device, desc=f"{desc} {epoch + 1}/{cfg.epochs}")
         _log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, cfg.epochs, loss)
-        save_checkpoint(checkpoint, {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scheduler": scheduler.state_dict(), "rng": rng_state()})  # fmt: skip
+        save_checkpoint(checkpoint, {"key": key, **training_state(model, optimizer, scheduler, epoch + 1)})
     checkpoint.unlink(missing_ok=True)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from hwdsa._io import atomic_path
 from hwdsa.errors import CheckpointError
@@ -55,3 +56,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int) -> dict[str, Any]:
+    """What a resumable training loop saves after `epoch` epochs: weights, optimizer, schedule and RNG states."""
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_state(),
+    }
+
+
+def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    """Load a `training_state` into the loop's objects; returns the epochs already done."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"])

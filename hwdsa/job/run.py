@@ -20,7 +20,7 @@ from torch import nn
 
 from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.channels import channels_within_budgets
-from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hwdsa.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from hwdsa.costs import FlopsCost, ParamsCost, dense_reference
 from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
@@ -108,11 +108,7 @@ class PruneJob:
         if resume and self.checkpoint.is_file():
             state = load_checkpoint(self.checkpoint)
             if state.get("phase") == phase and state.get("tag") == tag:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                set_rng_state(state["rng"])
-                start = int(state["epoch"])
+                start = restore_training_state(state, model, optimizer, scheduler)
                 _log.info("resumed %s after epoch %d", phase, start)
         ddp = self._wrap(model, device)
         t0 = time.perf_counter()
@@ -121,18 +117,7 @@ class PruneJob:
             loss = train_epoch(ddp, loader, optimizer, scheduler, device, desc=f"{phase} {epoch + 1}/{cfg.epochs}")
             _log.info("%s epoch %d/%d: loss %.4f", phase, epoch + 1, cfg.epochs, loss)
             if is_main_process():
-                save_checkpoint(
-                    self.checkpoint,
-                    {
-                        "phase": phase,
-                        "tag": tag,
-                        "epoch": epoch + 1,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "rng": rng_state(),
-                    },
-                )
+                save_checkpoint(self.checkpoint, {"phase": phase, "tag": tag, **training_state(model, optimizer, scheduler, epoch + 1)})
             barrier()
         return time.perf_counter() - t0
 

@@ -97,9 +97,12 @@ def test_tensorrt_asked_for_without_it_is_a_clear_error_before_any_file(
 
 def test_int8_is_calibrated_on_the_runs_data(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "export"
-    # 70 calibration samples: not a multiple of the calibration batch (ONNX Runtime's histogram needs equal ones).
+    # 200 calibration samples (all the run's training images): not a multiple of the calibration batch
+    # (ONNX Runtime's histogram needs equal ones). Fewer leave some test images' activations beyond the
+    # calibrated range (errors of 0.3 x max|logit| measured with 150), and 256 verification images put the
+    # measured top-1 agreement (0.96-0.97 here) several standard errors above the 0.9 it must reach.
     argv = ["export", str(tiny_run), "--out", str(out), "--formats", "onnx", "onnxruntime", "--precision", "int8",
-            "--calibration-samples", "70", "--verify-samples", "64"]
+            "--calibration-samples", "200", "--verify-samples", "256"]
     assert main(argv) == 0
     onnx_report, ort = read_deployment_reports(out / "report.json")
     assert Path(onnx_report.artefact_path).name == "model.int8.onnx"

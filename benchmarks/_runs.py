@@ -20,6 +20,8 @@ from hwdsa._io import write_json_atomic
 from hwdsa.job import PruneJob, PruneJobConfig
 
 _log = logging.getLogger("benchmarks.runs")
+#: The fewest paired seeds an interval is given for.
+MIN_PAIRS = 3
 
 
 def portable_config(cfg: PruneJobConfig) -> dict[str, Any]:
@@ -57,12 +59,24 @@ def finished_runs(results: Path) -> list[dict[str, Any]]:
 
 
 def paired_interval(differences: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, low, high) of the mean paired difference: Student's t interval over the pairs (seeds)."""
+    """(mean, low, high) of the mean paired difference: Student's t interval over the pairs (seeds).
+
+    Fewer than `MIN_PAIRS` pairs give no interval (infinite bounds): two differences that happen to be equal
+    would give one of zero width, which says nothing about the next seed.
+    """
     from scipy import stats
 
     n = len(differences)
     mean = statistics.mean(differences)
-    if n < 2:
+    if n < MIN_PAIRS:
         return mean, -math.inf, math.inf
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * statistics.stdev(differences) / math.sqrt(n)
     return mean, mean - half, mean + half
+
+
+def format_interval(interval: tuple[float, float, float], n: int, *, scale: float = 100.0, unit: str = " pt") -> str:
+    """`mean (low, high)` of a `paired_interval`, or `mean (n=2: no interval)` below `MIN_PAIRS` pairs."""
+    mean, low, high = interval
+    if not math.isfinite(low):
+        return f"{scale * mean:+.2f}{unit} (n={n}: no interval)"
+    return f"{scale * mean:+.2f}{unit} ({scale * low:+.2f}, {scale * high:+.2f})"

@@ -43,7 +43,7 @@ from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
 from hwdsa.training import TrainConfig
 
-from _runs import cached_run, finished_runs, paired_interval
+from _runs import cached_run, finished_runs, format_interval, paired_interval
 from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.dsa_vs_uniform")
@@ -187,7 +187,7 @@ def write_report(runs_dir: Path, results: Path) -> None:
         "them, settings are ranked on them; DSA's ratio steps do read them (as in the paper), so against uniform the "
         "test column is the fair one. Uniform fine-tunes for the search's epochs plus the fine-tuning epochs. "
         "Accuracy before fine-tuning is after BatchNorm recalibration on 4,096 training images. "
-        "Paired differences are per seed against uniform, with a 95% Student-t interval over seeds.",
+        "Paired differences are per seed against uniform, with a 95% Student-t interval over seeds (from 3 seeds on; fewer give none).",
         "",
     ]
     summary: dict[str, Any] = {}
@@ -211,9 +211,11 @@ def write_report(runs_dir: Path, results: Path) -> None:
             rs = by_method[method]
             held = [r["heldout_top1"] for r in rs]
             intervals = {}
+            pairs = 0
             for split in ("heldout_top1", "test_top1"):
                 diffs = [r[split] - uniform[r["seed"]][split] for r in rs if r["seed"] in uniform]
                 intervals[split] = paired_interval(diffs) if diffs and method != "uniform" else None
+                pairs = len(diffs)
             summary[stage][method] = {
                 "seeds": [r["seed"] for r in rs],
                 "heldout_mean": statistics.mean(held),
@@ -222,9 +224,7 @@ def write_report(runs_dir: Path, results: Path) -> None:
                 "minus_uniform_heldout": intervals["heldout_top1"],
                 "minus_uniform_test": intervals["test_top1"],
             }
-            ci = {
-                k: "" if v is None else f"{100 * v[0]:+.2f} pt ({100 * v[1]:+.2f}, {100 * v[2]:+.2f})" for k, v in intervals.items()
-            }
+            ci = {k: "" if v is None else format_interval(v, pairs) for k, v in intervals.items()}
             md.append(
                 f"| {method} | {len(rs)} | {100 * statistics.mean(held):.2f} ± {100 * summary[stage][method]['heldout_std']:.2f} | "
                 f"{ci['heldout_top1']} | {100 * summary[stage][method]['test_mean']:.2f} | {ci['test_top1']} | "

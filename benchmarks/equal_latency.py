@@ -92,7 +92,7 @@ from hwdsa.training import (
 
 from _command import reproduce_command
 from _plots import pyplot, save_figure
-from _runs import paired_interval
+from _runs import format_interval, paired_interval
 
 _log = logging.getLogger("benchmarks.equal_latency")
 HERE = Path(__file__).resolve().parent
@@ -632,14 +632,14 @@ def write_report(out_root: Path) -> None:
         + ".",
         "",
     ]
-    header = ["target", "method", "seeds", "top-1 (mean ± std)", "diff to hwdsa [95% CI]", "before FT", "FLOPs", "params",
+    header = ["target", "method", "seeds", "top-1 (mean ± std)", "diff to hwdsa, pt (95% CI)", "before FT", "FLOPs", "params",
               "measured / T (arch stage)", *[f"measured / T ({h['fingerprint']})" for h in hosts], "pruning core-min"]  # fmt: skip
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         diff = r.get("diff_to_hwdsa")
         cells = [f"{r['target']:.0%}", ("**" + r["method"] + "**") if r["hwdsa_row"] else r["method"], str(r["seeds"]),
                  f"{r['top1_mean']:.2%} ± {r['top1_std']:.2%}",
-                 (f"{diff[0]:+.2%} [{diff[1]:+.2%}, {diff[2]:+.2%}]" if math.isfinite(diff[1]) else f"{diff[0]:+.2%} (one seed)") if diff else "",
+                 format_interval(diff, len(r["seeds"])) if diff else "",
                  f"{r['before_finetune_mean']:.2%}", f"{r['flops_fraction']:.3f}", f"{r['params_fraction']:.3f}",
                  f"{r['arch_measured_over_target']:.3f}",
                  *[f"{r[k]:.3f}" if (k := f"over_target@{h['fingerprint']}") in r else "" for h in hosts],

@@ -8,11 +8,14 @@ runs live in a scratch folder (`runs/`, not committed) and resume within a sessi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
+import os
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +83,33 @@ def format_interval(interval: tuple[float, float, float], n: int, *, scale: floa
     if not math.isfinite(low):
         return f"{scale * mean:+.2f}{unit} (n={n}: no interval)"
     return f"{scale * mean:+.2f}{unit} ({scale * low:+.2f}, {scale * high:+.2f})"
+
+
+@contextlib.contextmanager
+def claimed(lock: Path) -> Iterator[bool]:
+    """Whether this process may work on the run that `lock` names: True (and the lock held until the block
+    ends) unless a live process holds it. Lets one worker per core go through the same list of runs.
+    A lock left by a process that died (a session's end) is taken over."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or "0")
+                os.kill(holder, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                lock.unlink(missing_ok=True)  # its holder is gone
+                continue
+            except PermissionError:
+                pass
+            yield False
+            return
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(os.getpid()))
+        try:
+            yield True
+        finally:
+            lock.unlink(missing_ok=True)
+        return
+    yield False

@@ -92,7 +92,7 @@ from hwdsa.training import (
 
 from _command import reproduce_command
 from _plots import pyplot, save_figure
-from _runs import format_interval, paired_interval
+from _runs import claimed, format_interval, paired_interval
 
 _log = logging.getLogger("benchmarks.equal_latency")
 HERE = Path(__file__).resolve().parent
@@ -506,31 +506,45 @@ def resumable_fit(model: nn.Module, loader: Any, cfg: TrainConfig, checkpoint: P
     checkpoint.unlink(missing_ok=True)
 
 
-def stage_finetune(ctx: Context) -> None:
-    device = torch.device("cpu")
+def stage_finetune(ctx: Context, selected: Callable[[dict[str, Any]], bool]) -> None:
+    """Fine-tune every `selected` architecture not fine-tuned yet; one such process per core may share the list
+    (each run is claimed by a lock file while it trains)."""
     dense_acc: dict[int, float] = {}
     for arch_json in sorted((ctx.out / "arch").glob("*.json")):
         a = json.loads(arch_json.read_text())
-        name = a["name"]
-        out_json = ctx.out / f"{name}.json"
-        if _read(out_json, a["key"]) is not None:
-            _log.info("done before: %s", name)
+        if not selected(a):
             continue
-        torch.manual_seed(a["seed"])
-        data = ctx.data(a["seed"])
-        model, plan = load_pruned(arch_json.with_suffix(".pt"))
-        recalibrate_batchnorm(model, data.train, device)
-        before = evaluate(model, data.test, device)
-        epochs = ctx.suite.finetune_epochs + ctx.suite.search_epochs - int(a["trained_epochs"])
-        t0 = time.perf_counter()
-        resumable_fit(model, data.train, TrainConfig(epochs=epochs, lr=ctx.suite.lr), ctx.work / f"{name}-finetune.pt", a["key"], desc=f"finetune {name}")
-        if a["seed"] not in dense_acc:
-            dense_acc[a["seed"]] = evaluate(ctx.model, data.test, device)
-        record = {**a, "dense_accuracy": dense_acc[a["seed"]], "finetune_epochs": epochs, "finetune_s": time.perf_counter() - t0, "accuracy_before_finetune": before,
-                  "accuracy": evaluate(model, data.test, device), "heldout_accuracy": evaluate(model, data.holdout_eval, device)}  # fmt: skip
-        save_pruned(ctx.out / f"{name}.pt", model, plan)
-        write_json_atomic(out_json, record)
-        _log.info("%s: top-1 %.4f (held-out %.4f, before fine-tuning %.4f)", name, record["accuracy"], record["heldout_accuracy"], before)
+        if _read(ctx.out / f"{a['name']}.json", a["key"]) is not None:
+            _log.info("done before: %s", a["name"])
+            continue
+        with claimed(ctx.work / f"{a['name']}-finetune.lock") as mine:
+            if not mine:
+                _log.info("another process fine-tunes %s", a["name"])
+                continue
+            if _read(ctx.out / f"{a['name']}.json", a["key"]) is None:  # not finished while we waited for the lock
+                finetune_one(ctx, arch_json, a, dense_acc)
+
+
+def finetune_one(ctx: Context, arch_json: Path, a: dict[str, Any], dense_acc: dict[int, float]) -> None:
+    """BatchNorm recalibration, accuracy before fine-tuning, the fine-tuning, and the run's result file."""
+    device = torch.device("cpu")
+    name = a["name"]
+    out_json = ctx.out / f"{name}.json"
+    torch.manual_seed(a["seed"])
+    data = ctx.data(a["seed"])
+    model, plan = load_pruned(arch_json.with_suffix(".pt"))
+    recalibrate_batchnorm(model, data.train, device)
+    before = evaluate(model, data.test, device)
+    epochs = ctx.suite.finetune_epochs + ctx.suite.search_epochs - int(a["trained_epochs"])
+    t0 = time.perf_counter()
+    resumable_fit(model, data.train, TrainConfig(epochs=epochs, lr=ctx.suite.lr), ctx.work / f"{name}-finetune.pt", a["key"], desc=f"finetune {name}")
+    if a["seed"] not in dense_acc:
+        dense_acc[a["seed"]] = evaluate(ctx.model, data.test, device)
+    record = {**a, "dense_accuracy": dense_acc[a["seed"]], "finetune_epochs": epochs, "finetune_s": time.perf_counter() - t0, "accuracy_before_finetune": before,
+              "accuracy": evaluate(model, data.test, device), "heldout_accuracy": evaluate(model, data.holdout_eval, device)}  # fmt: skip
+    save_pruned(ctx.out / f"{name}.pt", model, plan)
+    write_json_atomic(out_json, record)
+    _log.info("%s: top-1 %.4f (held-out %.4f, before fine-tuning %.4f)", name, record["accuracy"], record["heldout_accuracy"], before)
 
 
 def stage_time(ctx: Context, rounds: int, repeats: int) -> None:
@@ -722,7 +736,12 @@ def main(argv: list[str] | None = None) -> int:
             seeds = args.seeds or ([0, 1, 2] if math.isclose(target, 0.5) else [0])
             stage_arch(ctx, [target], seeds, args.methods)
     elif args.stage == "finetune":
-        stage_finetune(ctx)
+        stage_finetune(
+            ctx,
+            lambda a: any(math.isclose(a["target"], t) for t in args.targets)
+            and a["method"] in args.methods
+            and (args.seeds is None or a["seed"] in args.seeds),
+        )
     else:
         stage_time(ctx, args.timing_rounds, args.timing_repeats)
     write_report(Path(args.out))

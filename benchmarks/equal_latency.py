@@ -11,7 +11,8 @@ search epochs counted, and ends with the same fine-tuning):
 - `torch_pruning`: Torch-Pruning 1.6, global pruning with `GroupMagnitudeImportance`, iterative (`--tp-steps`
   prune steps, the search's epochs of training spread between them, as its users run it); the final
   ratio is bisected until the measured latency meets T (the steps before follow TP's linear schedule
-  towards a ratio found by bisecting a one-shot pruning of the dense model).
+  towards a ratio found by bisecting a one-shot pruning of the dense model). With `round_to` on the lattice,
+  where its global ranking can reach T there; else on the lattice within the goal's 1.02 T; else off it.
 - `dsa_flops`: DSA with a FLOPs budget (searched at the FLOPs fraction of the uniform row), then the FLOPs
   fraction bisected on the *projection of the searched ratios* (not on whole searches) until the measured
   latency meets T.
@@ -110,6 +111,8 @@ LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth")
 #: shrinking (on ResNet-20 a 0.85 ratio keeps more than 0.8, 0.7 more than 0.6 in places): its ratio is scanned,
 #: not bisected, over ratios up to `1 - TP_LOWEST_KEEP`.
 TP_LOWEST_KEEP = 0.1
+#: The issue's goal: every pruned row measures at most this times T.
+GOAL_TOLERANCE = 1.02
 TP_MAX_LAYER_RATIO = 0.9
 
 
@@ -145,12 +148,23 @@ def _ms(rounds: Sequence[Measurement]) -> float:
 
 
 class Timer:
-    """Latency on this host as fractions of the dense network timed in the same interleaved rounds."""
+    """Latency on this host as fractions of the dense network timed in the same interleaved rounds.
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, backend: Backend) -> None:
+    Probes are kept in `probes` (a JSON file per host and probe protocol) and shared by every process of the
+    suite on this host: the same network gets the same measurement in every run, so a method's choice that
+    turns on a probe near its aim (Torch-Pruning on the lattice) is the same for every seed.
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, backend: Backend, probes: Path | None = None) -> None:
         self.model, self.graph, self.backend = model, graph, backend
         self.dense = list(graph.group_sizes)
+        self.probes = probes
         self.seen: dict[tuple[int, ...], float] = {}
+
+    def _load(self) -> None:
+        if self.probes is not None and self.probes.is_file():
+            for k, v in json.loads(self.probes.read_text()).items():
+                self.seen.setdefault(tuple(int(c) for c in k.split()), float(v))
 
     def fractions(self, channel_lists: Sequence[Sequence[int]], *, rounds: int, repeats: int) -> list[float]:
         protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
@@ -165,7 +179,12 @@ class Timer:
     def probe(self, channels: Sequence[int], suite: Suite) -> float:
         key = tuple(int(c) for c in channels)
         if key not in self.seen:
+            self._load()
+        if key not in self.seen:
             self.seen[key] = self.fractions([key], rounds=suite.probe_rounds, repeats=suite.probe_repeats)[0]
+            if self.probes is not None:
+                self._load()  # what other processes added meanwhile
+                write_json_atomic(self.probes, {" ".join(map(str, k)): v for k, v in self.seen.items()})
         return self.seen[key]
 
 
@@ -243,11 +262,12 @@ class Context:
         self.flops, self.params = FlopsCost(self.graph), ParamsCost(self.graph)
         self.backend = get_backend("onnxruntime", num_threads=1)
         self.multiple = self.backend.channel_multiple
-        self.timer = Timer(self.model, self.graph, self.backend)
         self.out = Path(args.out) / "equal_latency"
         self.work = Path(args.work)
         fp = cpu_fingerprint()
         self.host = {"cpu": cpu_description(), "fingerprint": fingerprint_id(fp)}
+        probes = self.work / f"probes-{self.host['fingerprint']}-{self.suite.probe_rounds}x{self.suite.probe_repeats}.json"
+        self.timer = Timer(self.model, self.graph, self.backend, probes)
         self._data: dict[int, JobData] = {}
 
     def data(self, seed: int) -> JobData:
@@ -345,8 +365,9 @@ def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dic
 
     # Torch-Pruning's `round_to` on the backend's lattice first (what its users set for hardware), aiming where the
     # other rows aim; where its global ranking cannot get there on the lattice (a 16-channel group rounds back up
-    # to 16), on the lattice at the target itself (the goal's tolerance), and only then off the lattice.
-    attempts: list[tuple[int | None, float]] = [(ctx.multiple, aim), (ctx.multiple, target), (None, aim)]
+    # to 16), on the lattice within the goal's tolerance (`GOAL_TOLERANCE` x T: more latency than the other rows get,
+    # which favours Torch-Pruning), and only then off the lattice (whose counts run slower kernels).
+    attempts: list[tuple[int | None, float]] = [(ctx.multiple, aim), (ctx.multiple, GOAL_TOLERANCE * target), (None, aim)]
     for round_to, aim in attempts:
         try:
             keep_dry, _, _ = scan_measured(one_shot, TP_LOWEST_KEEP, 1.0, aim, ctx.timer, suite)

@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import statistics
 import sys
 import time
@@ -456,7 +455,7 @@ def arch_dsa_latency(ctx: Context, target: float, seed: int, name: str, smooth: 
     channels = list(report["channels"])
     return {"file": path, "channels": channels, "measured_fraction": ctx.timer.probe(channels, ctx.suite),
             "prune_s": time.perf_counter() - t0, "trained_epochs": ctx.suite.search_epochs,
-            "detail": {"table": report["budgets"]["latency"].get("table"), "latency_check": report.get("latency_check")}}  # fmt: skip
+            "detail": {"table": Path(report["budgets"]["latency"]["table"]).name, "latency_check": report.get("latency_check")}}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -501,7 +500,8 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     row = arch_dsa_flops(ctx, target, seed, name, uniform["flops_fraction"])
                 else:
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=method == "dsa_latency_smooth")
-                shutil.copyfile(row.pop("file"), arch / f"{name}.pt")
+                # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
+                save_pruned(arch / f"{name}.pt", *load_pruned(row.pop("file")))
                 fr = ctx.fractions(row["channels"])
                 record = {"name": name, "key": key, "target": target, "seed": seed, "method": method, "suite": asdict(ctx.suite),
                           "host": ctx.host, "dense_ms": dense_ms, **table_note, "flops_fraction": fr["flops"], "params_fraction": fr["params"], **row}  # fmt: skip

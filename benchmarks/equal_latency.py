@@ -9,10 +9,11 @@ search epochs counted, and ends with the same fine-tuning):
 - `uniform`: one keep ratio for every group (channels by BatchNorm |γ|), bisected until the measured
   latency meets T; fine-tuned for the search's epochs plus the fine-tuning epochs.
 - `torch_pruning`: Torch-Pruning 1.6, global pruning with `GroupMagnitudeImportance`, iterative (`--tp-steps`
-  prune steps, the search's epochs of training spread between them, as its users run it); the final
-  ratio is bisected until the measured latency meets T (the steps before follow TP's linear schedule
-  towards a ratio found by bisecting a one-shot pruning of the dense model). With `round_to` on the lattice,
-  where its global ranking can reach T there; else on the lattice within the goal's 1.02 T; else off it.
+  prune steps, the search's epochs of training spread between them, as its users run it). Each step is one
+  global step on the network as it is, its ratio scanned on measured latency so that latency falls linearly
+  to T (TP's own schedule, linear in its ratio, overshoots T once the network trains between steps). With
+  `round_to` on the lattice where its global ranking can reach T there (judged on a one-shot pruning of the
+  dense model); else on the lattice within the goal's 1.02 T; else off it.
 - `dsa_flops`: DSA with a FLOPs budget (searched at the FLOPs fraction of the uniform row), then the FLOPs
   fraction bisected on the *projection of the searched ratios* (not on whole searches) until the measured
   latency meets T.
@@ -20,8 +21,9 @@ search epochs counted, and ends with the same fine-tuning):
   the per-user cache by the job itself); `dsa_latency_smooth`: the same with the expected-latency
   smoothing (`AdmmConfig.smooth_costs`). The two are compared on held-out images; the better one is hwdsa's row.
 
-Every baseline rounds to the backend's channel lattice (multiples of `Backend.channel_multiple`), as the
-latency rows do: the comparison is about the allocation, not about off-lattice counts.
+Uniform, the FLOPs row and Torch-Pruning (where it can) round to the backend's channel lattice (multiples of
+`Backend.channel_multiple`), as the latency rows do (which may also use the table's measured counts below it,
+1, 2 and 4): the comparison is about the allocation, not about off-lattice counts.
 
 Stages (`--stage`), so that the suite spans sessions while every host-dependent step stays on one host:
 - `arch` (host-dependent): time the dense network, then per (target, seed, method) find the pruned
@@ -210,7 +212,11 @@ def bisect_measured(
 
 
 class Unreachable(Exception):
-    """No setting of a method's knob gives a network that meets the target."""
+    """No setting of a method's knob gives a network that meets the target; `fastest` is the setting that came closest."""
+
+    def __init__(self, message: str, fastest: float) -> None:
+        super().__init__(message)
+        self.fastest = fastest
 
 
 def scan_measured(
@@ -222,7 +228,7 @@ def scan_measured(
     met = [x for x in grid if timer.probe(channels_at(x), suite) <= aim]
     if not met:
         best = min(grid, key=lambda x: timer.probe(channels_at(x), suite))
-        raise Unreachable(f"no network of the scan meets {aim:.3f} of dense (the fastest, at {best:.3f}, measures {timer.probe(channels_at(best), suite):.3f})")
+        raise Unreachable(f"no network of the scan meets {aim:.3f} of dense (the fastest, at {best:.3f}, measures {timer.probe(channels_at(best), suite):.3f})", best)
     x = max(met)
     return bisect_measured(channels_at, x, min(hi, x + step), aim, timer, suite, steps=4)
 
@@ -377,32 +383,38 @@ def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dic
         raise SystemExit(f"{name}: Torch-Pruning cannot reach {target:.0%} of the dense latency on this host")
     _check_tp_replay(ctx, 1 - keep_dry, round_to)
     model = copy.deepcopy(ctx.model)
-    pruner = _tp_pruner(model, 1 - keep_dry, suite.tp_steps, round_to)
     data = ctx.data(seed)
-    epochs_each = [suite.search_epochs // suite.tp_steps + (1 if k < suite.search_epochs % suite.tp_steps else 0) for k in range(suite.tp_steps)]
-    train_cfg = [TrainConfig(epochs=e, lr=suite.lr) for e in epochs_each]
-    for k in range(suite.tp_steps - 1):  # Torch-Pruning's own schedule towards the dry-run ratio
-        pruner.step()
-        _log.info("%s: step %d/%d, channels %s", name, k + 1, suite.tp_steps, _tp_counts(ctx, model))
-        if epochs_each[k]:
-            fit(model, data.train, train_cfg[k], torch.device("cpu"), desc=f"torch-pruning step {k + 1}")
+    steps = suite.tp_steps
+    epochs_each = [suite.search_epochs // steps + (1 if k < suite.search_epochs % steps else 0) for k in range(steps)]
 
-    # The last step: one global step on the network as it now is, its size scanned on measured latency
-    # (a pruner cannot be copied, so the candidates are fresh one-step pruners on copies of the network).
-    def final_step(keep: float) -> list[int]:
+    # Each step is one global Torch-Pruning step on the network as it now is, sized on measured latency so that the
+    # latency falls linearly from the dense network's to the aim (TP's own schedule, linear in its ratio, overshoots:
+    # the ranking of a network trained between steps cuts deeper, and a cut cannot be undone). A pruner cannot be
+    # copied, so the candidates are fresh one-step pruners on copies of the network.
+    def step_at(keep: float) -> list[int]:
         m = copy.deepcopy(model)
         _tp_pruner(m, 1 - keep, 1, round_to).step()
         return _tp_counts(ctx, m)
 
-    keep, _, _ = scan_measured(final_step, TP_LOWEST_KEEP, 1.0, aim, ctx.timer, suite)
-    last = _tp_pruner(model, 1 - keep, 1, round_to)
-    last.step()
-    _log.info("%s: step %d/%d, channels %s", name, suite.tp_steps, suite.tp_steps, _tp_counts(ctx, model))
-    if epochs_each[-1]:
-        fit(model, data.train, train_cfg[-1], torch.device("cpu"), desc=f"torch-pruning step {suite.tp_steps}")
-    final = {"dry_ratio": 1 - keep_dry, "last_step_ratio": 1 - keep, "round_to": round_to, "aim": aim}
+    history: list[Any] = []
+    step_keeps: list[float] = []
+    for k in range(steps):
+        step_aim = 1 - (k + 1) / steps * (1 - aim)
+        try:
+            keep, _, _ = scan_measured(step_at, TP_LOWEST_KEEP, 1.0, step_aim, ctx.timer, suite)
+        except Unreachable as exc:  # the fastest it can get to; the final timing says how far from T that is
+            _log.warning("%s: step %d: %s", name, k + 1, exc)
+            keep = exc.fastest
+        pruner = _tp_pruner(model, 1 - keep, 1, round_to)
+        pruner.step()
+        history += pruner.pruning_history()
+        step_keeps.append(keep)
+        _log.info("%s: step %d/%d (aim %.3f), channels %s", name, k + 1, steps, step_aim, _tp_counts(ctx, model))
+        if epochs_each[k]:
+            fit(model, data.train, TrainConfig(epochs=epochs_each[k], lr=suite.lr), torch.device("cpu"), desc=f"torch-pruning step {k + 1}")
+    final = {"dry_ratio": 1 - keep_dry, "step_ratios": [1 - k for k in step_keeps], "round_to": round_to, "aim": aim}
     channels = _tp_counts(ctx, model)
-    plan = _tp_plan(ctx, [*pruner.pruning_history(), *last.pruning_history()])
+    plan = _tp_plan(ctx, history)
     ours = prune(ctx.model, ctx.graph, plan)
     ours.load_state_dict(model.state_dict())
     x = next(iter(data.holdout_eval))[0][:16]

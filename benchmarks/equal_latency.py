@@ -102,7 +102,7 @@ INPUT_SHAPE = (3, 32, 32)
 
 METHODS: dict[str, str] = {
     "uniform": "uniform width, one ratio bisected on measured latency",
-    "torch_pruning": "Torch-Pruning 1.6, global group magnitude, iterative, ratio bisected on measured latency",
+    "torch_pruning": "Torch-Pruning 1.6, global group magnitude, iterative, each step sized on measured latency",
     "dsa_flops": "DSA, FLOPs budget bisected (on the projection) on measured latency",
     "dsa_latency": "DSA, latency budget, --verify-latency (hwdsa)",
     "dsa_latency_smooth": "DSA, latency budget, --verify-latency, expected-latency smoothing",
@@ -653,6 +653,7 @@ def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list
             pairs = [r["accuracy"] - base[r["seed"]] for r in rs if r["seed"] in base]
             if method != ours and pairs:
                 row["diff_to_hwdsa"] = paired_interval(pairs)
+                row["pairs"] = len(pairs)
             out.append(row)
     return out
 
@@ -686,7 +687,7 @@ def write_report(out_root: Path) -> None:
         diff = r.get("diff_to_hwdsa")
         cells = [f"{r['target']:.0%}", ("**" + r["method"] + "**") if r["hwdsa_row"] else r["method"], str(r["seeds"]),
                  f"{r['top1_mean']:.2%} ± {r['top1_std']:.2%}",
-                 format_interval(diff, len(r["seeds"])) if diff else "",
+                 format_interval(diff, r["pairs"]) if diff else "",
                  f"{r['before_finetune_mean']:.2%}", f"{r['flops_fraction']:.3f}", f"{r['params_fraction']:.3f}",
                  f"{r['arch_measured_over_target']:.3f}",
                  *[f"{r[k]:.3f}" if (k := f"over_target@{h['fingerprint']}") in r else "" for h in hosts],
@@ -726,15 +727,18 @@ def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]])
     ax.set_xlabel("measured latency / dense")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy against measured latency")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    arch = [json.loads(p.read_text()) for p in sorted((path.parent / "equal_latency" / "arch").glob("*.json"))]
     for k, method in enumerate(METHODS):
-        r = next((r for r in runs if r["target"] == 0.5 and r["seed"] == 0 and r["method"] == method), None)
+        r = next((r for r in arch if r["target"] == 0.5 and r["seed"] == 0 and r["method"] == method), None)
         if r is not None:
             bx.plot(range(len(r["channels"])), r["channels"], marker="os^Dv"[k % 5], label=method, color=f"C{k}")
     bx.set_xlabel("channel group")
     bx.set_ylabel("channels kept")
     bx.set_title("what each method cut (T = 50%, seed 0)")
-    bx.legend(fontsize=8)
+    if bx.get_legend_handles_labels()[0]:
+        bx.legend(fontsize=8)
     save_figure(fig, path)
 
 

@@ -91,13 +91,16 @@ def claimed(lock: Path) -> Iterator[bool]:
     ends) unless a live process holds it. Lets one worker per core go through the same list of runs.
     A lock left by a process that died (a session's end) is taken over."""
     lock.parent.mkdir(parents=True, exist_ok=True)
+    me = f"{os.getpid()} {_boot_id()}"
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
             try:
-                holder = int(lock.read_text() or "0")
-                os.kill(holder, 0)
+                pid, boot = lock.read_text().split()
+                if boot != _boot_id():  # held before this machine last started: its process is gone
+                    raise ProcessLookupError
+                os.kill(int(pid), 0)
             except (ValueError, ProcessLookupError, FileNotFoundError):
                 lock.unlink(missing_ok=True)  # its holder is gone
                 continue
@@ -106,10 +109,19 @@ def claimed(lock: Path) -> Iterator[bool]:
             yield False
             return
         with os.fdopen(fd, "w") as handle:
-            handle.write(str(os.getpid()))
+            handle.write(me)
         try:
             yield True
         finally:
             lock.unlink(missing_ok=True)
         return
     yield False
+
+
+def _boot_id() -> str:
+    """This boot of the machine (Linux), so that a lock from before a restart is not taken for a live one whose
+    process id happens to be reused."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"

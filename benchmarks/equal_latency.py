@@ -412,7 +412,7 @@ def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dic
         _log.info("%s: step %d/%d (aim %.3f), channels %s", name, k + 1, steps, step_aim, _tp_counts(ctx, model))
         if epochs_each[k]:
             fit(model, data.train, TrainConfig(epochs=epochs_each[k], lr=suite.lr), torch.device("cpu"), desc=f"torch-pruning step {k + 1}")
-    final = {"dry_ratio": 1 - keep_dry, "step_ratios": [1 - k for k in step_keeps], "round_to": round_to, "aim": aim}
+    final = {"dry_ratio": 1 - keep_dry, "step_ratios": [1 - x for x in step_keeps], "round_to": round_to, "aim": aim}
     channels = _tp_counts(ctx, model)
     plan = _tp_plan(ctx, history)
     ours = prune(ctx.model, ctx.graph, plan)

@@ -329,6 +329,13 @@ def _tp_pruner(model: nn.Module, ratio: float, steps: int, multiple: int | None)
     )
 
 
+def _tp_step_counts(ctx: Context, model: nn.Module, keep: float, round_to: int | None) -> list[int]:
+    """Channels per group after one global Torch-Pruning step keeping `keep` of `model` (on a copy: a candidate)."""
+    m = copy.deepcopy(model)
+    _tp_pruner(m, 1 - keep, 1, round_to).step()
+    return _tp_counts(ctx, m)
+
+
 def _tp_plan(ctx: Context, history: list[Any]) -> PruningPlan:
     """The `PruningPlan` Torch-Pruning's history describes: every out-channel removal replayed on the dense indices."""
     kept = [list(range(c)) for c in ctx.graph.group_sizes]
@@ -363,10 +370,7 @@ def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dic
     t0 = time.perf_counter()
 
     def one_shot(keep: float) -> list[int]:
-        m = copy.deepcopy(ctx.model)
-        pr = _tp_pruner(m, 1 - keep, 1, round_to)
-        pr.step()
-        return _tp_counts(ctx, m)
+        return _tp_step_counts(ctx, ctx.model, keep, round_to)
 
     # Torch-Pruning's `round_to` on the backend's lattice first (what its users set for hardware), aiming where the
     # other rows aim; where its global ranking cannot get there on the lattice (a 16-channel group rounds back up
@@ -392,9 +396,7 @@ def arch_torch_pruning(ctx: Context, target: float, seed: int, name: str) -> dic
     # the ranking of a network trained between steps cuts deeper, and a cut cannot be undone). A pruner cannot be
     # copied, so the candidates are fresh one-step pruners on copies of the network.
     def step_at(keep: float) -> list[int]:
-        m = copy.deepcopy(model)
-        _tp_pruner(m, 1 - keep, 1, round_to).step()
-        return _tp_counts(ctx, m)
+        return _tp_step_counts(ctx, model, keep, round_to)
 
     history: list[Any] = []
     step_keeps: list[float] = []

@@ -402,3 +402,19 @@ def test_a_table_whose_fingerprint_differs_is_refused(small_ort_table: Path, tmp
     assert main(["prune", *TINY, "--latency", "0.8", "--latency-table", str(edited), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "measured on another device" in err and "cores: 64 in the table" in err
+
+
+def test_a_channel_floor_holds_in_the_search_and_in_the_network(tmp_path: Path) -> None:
+    """--min-channels 8 --round-to 8 under a tight budget: without the floor the first group (16 channels) goes
+    below 8; with it every searched ratio and every kept count stays at 8 or more."""
+    flags = ["--from-scratch", *TINY, "--flops", "0.08", "--json"]
+    reports = {}
+    for name, extra in (("free", []), ("floor", ["--min-channels", "8", "--round-to", "8"])):
+        out = tmp_path / name
+        assert main(["-q", "prune", *flags, *extra, "--out", str(out)]) == 0
+        reports[name] = json.loads((out / "report.json").read_text())
+    sizes = [16, 32, 64, 128]
+    assert min(reports["free"]["channels"]) < 8, "the budget should push a group below the floor without one"
+    assert all(c >= 8 for c in reports["floor"]["channels"]), reports["floor"]["channels"]
+    assert all(r * c >= 8 - 1e-3 for r, c in zip(reports["floor"]["keep_ratios"], sizes))
+    assert reports["floor"]["pruned"]["flops"] <= reports["floor"]["budgets"]["flops"]["limit"]

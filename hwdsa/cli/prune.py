@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 
 from hwdsa.cli._common import format_table, parse_fraction, parse_latency, read_config_file
 from hwdsa.errors import ConfigError
-from hwdsa.training import TrainConfig
 
 if TYPE_CHECKING:
     from hwdsa.job import PruneJobConfig, PruneReport
@@ -61,6 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--subset-per-class", type=int, help="use a class-balanced subset of the training set")
     p.add_argument("--round-to", type=int, help="round channel counts to a multiple (e.g. 8)")
+    p.add_argument(
+        "--min-channels", type=int,
+        help="the fewest channels the search keeps in any group (with --round-to at least as large), e.g. 8, the CPU "
+        "runtimes' channel lattice, below which a channel saves less time than it costs accuracy (default 1)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
@@ -112,6 +116,8 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
     }
     if budgets:
         changes["budgets"] = tuple(budgets)
+    if args.min_channels is not None:
+        changes["admm"] = replace(base.admm, min_channels=args.min_channels)
     for phase, epochs in (("pretrain", args.pretrain_epochs), ("search", args.search_epochs), ("finetune", args.finetune_epochs)):
         if epochs is not None:
             changes[phase] = replace(getattr(base, phase), epochs=epochs)

@@ -35,6 +35,11 @@ class AdmmConfig:
         ratio_lr: step size η of the linearised α-step, in keep-ratio units per unit of normalised gradient.
         initial_logit: starting logit of every ratio (the authors' 5 gives α ≈ 0.993).
         min_keep_ratio: lower end of the box every ratio stays in.
+        min_channels: the fewest channels the search lets a group keep (a narrower group stays whole): each
+            group's box starts at max(min_keep_ratio, min_channels / C_g). Set it to the deployment's channel
+            lattice (with the job's matching `round_to`): below it (8 channels for ONNX Runtime's NCHWc
+            kernels) a channel saves less time than the table's per-layer prices say, the runtime adds
+            layout reorders around the off-lattice layer, while the accuracy it costs is real.
         update_every: weight steps between two ratio steps.
         floor: the keep-probability floor of the pruning process.
         beta2: schedule of the mask steepness over the search's progress.
@@ -75,6 +80,7 @@ class AdmmConfig:
     ratio_lr: float = 0.05
     initial_logit: float = 5.0
     min_keep_ratio: float = 0.05
+    min_channels: int = 1
     update_every: int = 2
     floor: float = 0.01
     beta2: Beta2Schedule = field(default_factory=lambda: Beta2Schedule(start=1.0, end=5.0, kind="linear"))
@@ -93,6 +99,8 @@ class AdmmConfig:
             raise ConfigError(f"ratio_lr must be positive; got {self.ratio_lr}")
         if not 0 < self.min_keep_ratio < 1:
             raise ConfigError(f"min_keep_ratio must lie in (0, 1); got {self.min_keep_ratio}")
+        if self.min_channels < 1:
+            raise ConfigError(f"min_channels must be >= 1; got {self.min_channels}")
         if self.update_every < 1:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}")
         if not 0 <= self.budget_warmup < 1:
@@ -103,6 +111,13 @@ class AdmmConfig:
             raise ConfigError(f"unknown mask_placement {self.mask_placement!r}; valid: {', '.join(MASK_PLACEMENTS)}")
         if self.mask_gradient not in MASK_GRADIENTS:
             raise ConfigError(f"unknown mask_gradient {self.mask_gradient!r}; valid: {', '.join(MASK_GRADIENTS)}")
+
+    def lower_bounds(self, group_sizes: Sequence[int]) -> Tensor:
+        """The lower end of each group's box: max(min_keep_ratio, min_channels / C_g), held under 1 so that the
+        sigmoid parameterisation keeps a gradient (a group no wider than min_channels stays whole)."""
+        return torch.tensor(
+            [min(max(self.min_keep_ratio, self.min_channels / c), 1.0 - 1e-6) for c in group_sizes], dtype=torch.float64
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,9 +155,9 @@ class RatioAllocator:
         self.budgets = tuple(budgets)
         self.config = config
         self.device = torch.device(device)
-        lower = torch.full((len(self.group_sizes),), config.min_keep_ratio, dtype=torch.float64)
+        self.lower = config.lower_bounds(self.group_sizes)
         for b in self.budgets:
-            check_feasible(b.cost, b.limit, lower)
+            check_feasible(b.cost, b.limit, self.lower)
         self.logits = nn.Parameter(torch.full((len(self.group_sizes),), config.initial_logit, device=self.device))
         self.grad_sq = torch.zeros((), device=self.device)  # running mean square of the task gradient
         self._alpha: Tensor | None = None  # the α the last differentiable masks were drawn from
@@ -156,12 +171,12 @@ class RatioAllocator:
     # -- ratios --------------------------------------------------------------------------------
     @property
     def keep_ratios(self) -> Tensor:
-        """α = ε + (1 − ε)·σ(logits): inside the box [ε, 1] with a gradient everywhere.
+        """α = ε + (1 − ε)·σ(logits), ε the group's lower end: inside its box [ε, 1] with a gradient everywhere.
 
         A clamp at ε would zero the gradient below it, and a ratio pushed past the floor by the ADMM
         penalty could then never come back.
         """
-        eps = self.config.min_keep_ratio
+        eps = self.lower.to(device=self.logits.device, dtype=self.logits.dtype)
         return eps + (1.0 - eps) * torch.sigmoid(self.logits)
 
     def scheduled_budgets(self, progress: float) -> list[Budget]:
@@ -174,7 +189,7 @@ class RatioAllocator:
         ]
 
     def _project(self, v: Tensor, budget: Budget) -> Tensor:
-        z = project_onto_budget(v.detach().double().cpu(), budget.cost, budget.limit, lower=self.config.min_keep_ratio, upper=1.0)
+        z = project_onto_budget(v.detach().double().cpu(), budget.cost, budget.limit, lower=self.lower, upper=1.0)
         return z.to(device=self.device, dtype=v.dtype)
 
     def feasible_ratios(self) -> Tensor:
@@ -287,7 +302,7 @@ class RatioAllocator:
 
     def _set_ratios(self, ratios: Tensor) -> None:
         """Store `ratios` (clipped into the box) as logits."""
-        eps = self.config.min_keep_ratio
+        eps = self.lower.to(device=ratios.device, dtype=ratios.dtype)
         s = ((ratios - eps) / (1.0 - eps)).clamp(1e-6, 1 - 1e-6)
         self.logits.copy_(torch.log(s) - torch.log1p(-s))
 

@@ -14,6 +14,11 @@ from hwdsa.training import TrainConfig
 __all__ = ["BudgetSpec", "PruneJobConfig"]
 
 
+#: (section, setting, value): settings added after results were keyed on this configuration, and the value at
+#: which each changes nothing.
+_LATER_NEUTRAL: tuple[tuple[str, str, Any], ...] = (("admm", "min_channels", 1),)
+
+
 @dataclass(frozen=True)
 class BudgetSpec:
     """A budget as the user states it: a fraction of the dense cost, or an absolute value in the cost's unit.
@@ -103,6 +108,12 @@ class PruneJobConfig:
             )
         if not 0 <= self.verify_margin < 0.5:
             raise ConfigError(f"--verify-margin is a share of the budget in [0, 0.5), e.g. 0.015; got {self.verify_margin}")
+        if self.admm.min_channels > 1 and (self.round_to is None or self.round_to < self.admm.min_channels):
+            raise ConfigError(
+                f"the search keeps at least {self.admm.min_channels} channels per group (--min-channels), but the rounding "
+                f"after it may go lower ({'its default lattice allows 1, 2, 4' if self.round_to is None else f'--round-to {self.round_to}'}): "
+                f"add --round-to {self.admm.min_channels} so that the network keeps the floor the search assumed"
+            )
 
     @property
     def _one_latency_budget(self) -> bool:
@@ -116,8 +127,13 @@ class PruneJobConfig:
         return self._one_latency_budget and self.target_device is None and self.fixed_keep_ratios is None
 
     def to_dict(self) -> dict[str, Any]:
+        """The configuration as JSON; a setting added later is left out at the value that reproduces the behaviour
+        before it existed (`_LATER_NEUTRAL`), so that results recorded before it keep their keys."""
         d = asdict(self)
         d["admm"]["beta2"] = asdict(self.admm.beta2)
+        for section, key, neutral in _LATER_NEUTRAL:
+            if d[section].get(key) == neutral:
+                del d[section][key]
         return d
 
     @classmethod

@@ -111,7 +111,7 @@ class JobLatency:
         self.latency_table = next(iter(self.tables.values()), None)
         for budget in budgets:
             if cfg.fixed_keep_ratios is None:
-                check_feasible(budget.cost, budget.limit, cfg.admm.min_keep_ratio)
+                check_feasible(budget.cost, budget.limit, cfg.admm.lower_bounds(graph.group_sizes))
             dense = budget.cost.dense
             if budget.limit >= dense:
                 unit = f" {budget.cost.unit}" if budget.cost.unit else ""

@@ -88,3 +88,12 @@ def test_prune_refuses_bad_budgets_before_doing_anything(
     assert err.startswith("hwdsa prune: error: ") and message in err and "Traceback" not in err
     assert unwanted is None or unwanted not in err
     assert not out.exists()
+
+
+def test_a_channel_floor_without_a_rounding_that_keeps_it_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "small_cnn", "--data", "digits", "--from-scratch", "--flops", "0.5", "--min-channels", "8"]
+    assert main([*argv, "--round-to", "4", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--min-channels" in err and "add --round-to 8" in err and "Traceback" not in err
+    assert not out.exists()

@@ -7,7 +7,7 @@ import torch
 
 from hwdsa.costs import Budget, FlopsCost
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
-from hwdsa.errors import ConfigError
+from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
 
@@ -89,6 +89,36 @@ class TestFeasibleRatios:
         assert budget.is_met(alloc.feasible_ratios().double())
 
 
+class TestMinChannels:
+    """A floor on the channels kept: each group's box starts at min_channels / C_g, so no ratio goes below it."""
+
+    def test_no_group_is_pushed_below_the_floor(self, flops: FlopsCost) -> None:
+        # every group but the last wants to be pruned: without a floor the first group goes far below 8 of its 16
+        pull = torch.tensor([-1.0, -1.0, -1.0, 1.0])
+        budget = Budget.fraction_of_dense(flops, 0.3)
+        free = RatioAllocator(flops.group_sizes, [budget], AdmmConfig())
+        floored = RatioAllocator(flops.group_sizes, [budget], AdmmConfig(min_channels=8))
+        _run(free, pull, 60)
+        _run(floored, pull, 60)
+        sizes = torch.tensor(flops.group_sizes, dtype=torch.float64)
+        assert float(free.keep_ratios.detach()[0]) * 16 < 6, "the test's pull should drive the first group below the floor"
+        for ratios in (floored.keep_ratios.detach().double(), floored.z[0].double(), floored.feasible_ratios().double()):
+            assert bool((ratios * sizes >= 8 - 1e-4).all()), ratios * sizes
+        assert budget.is_met(floored.feasible_ratios().double())
+
+    def test_lower_bounds_take_the_larger_of_ratio_and_channel_floors(self) -> None:
+        lower = AdmmConfig(min_keep_ratio=0.1, min_channels=8).lower_bounds([16, 64, 200, 4])
+        torch.testing.assert_close(lower, torch.tensor([0.5, 0.125, 0.1, 1.0 - 1e-6], dtype=torch.float64))
+
+    def test_a_floor_no_network_meets_is_refused_before_the_search(self, flops: FlopsCost) -> None:
+        with pytest.raises(BudgetInfeasibleError, match="budget"):
+            RatioAllocator(flops.group_sizes, [Budget.fraction_of_dense(flops, 0.05)], AdmmConfig(min_channels=16))
+
+    def test_rejects_a_floor_below_one(self) -> None:
+        with pytest.raises(ConfigError, match="min_channels"):
+            AdmmConfig(min_channels=0)
+
+
 def test_state_dict_round_trip_continues_identically(flops: FlopsCost) -> None:
     budget = Budget.fraction_of_dense(flops, 0.5)
     pull = torch.tensor([0.2, 0.1, 0.1, 1.0])
@@ -140,12 +170,6 @@ class TestMaskLeak:
 
 
 def test_two_budgets_on_one_cost_are_refused() -> None:
-    from hwdsa.costs import Budget, FlopsCost
-    from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
-    from hwdsa.errors import ConfigError
-    from hwdsa.graph import trace_channel_graph
-    from hwdsa.models import create_model
-
     graph = trace_channel_graph(create_model("small_cnn", in_channels=1), (1, 28, 28))
     cost = FlopsCost(graph)
     with pytest.raises(ConfigError, match=r"one budget per cost, got \['flops', 'flops'\]"):

@@ -23,6 +23,9 @@ search epochs counted, and ends with the same fine-tuning):
   channel lattice (`--min-channels 8 --round-to 8`: under it ONNX Runtime adds layout reorders the per-layer
   table does not see, and a channel saves less time than the table says). The variants are compared on held-out
   images; the best one is hwdsa's row.
+- Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
+  counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
+  uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
 
 Uniform, the FLOPs row and Torch-Pruning (where it can) round to the backend's channel lattice (multiples of
 `Backend.channel_multiple`), as the latency rows do (which may also use the table's measured counts below it,
@@ -111,8 +114,14 @@ METHODS: dict[str, str] = {
     "dsa_latency_smooth": "DSA, latency budget, --verify-latency, expected-latency smoothing",
     "dsa_latency_lattice": "DSA, latency budget, --verify-latency, smoothing, no group under the 8-channel lattice "
     "(--min-channels 8 --round-to 8)",
+    "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
+    "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
 }
 LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice")
+#: Controls, not competitors: another row's channel counts (same seed), cut from the dense model in one shot by
+#: BatchNorm |γ| as the uniform row is, and fine-tuned for every epoch the rows train. Against their source row
+#: they separate what an allocation is worth from how the method trained while it pruned.
+CONTROLS: dict[str, str] = {"tp_arch_oneshot": "torch_pruning", "smooth_arch_oneshot": "dsa_latency_smooth"}
 #: Torch-Pruning's global ranking skips a group it would empty, so past about 70% of all channels its result stops
 #: shrinking (on ResNet-20 a 0.85 ratio keeps more than 0.8, 0.7 more than 0.6 in places): its ratio is scanned,
 #: not bisected, over ratios up to `1 - TP_LOWEST_KEEP`.
@@ -310,6 +319,19 @@ def arch_uniform(ctx: Context, target: float, seed: int, name: str) -> dict[str,
     path, report = _job_pruned(ctx, cfg, name)
     return {"file": path, "channels": channels, "measured_fraction": measured, "prune_s": time.perf_counter() - t0,
             "trained_epochs": 0, "detail": {"ratio": ratio}}  # fmt: skip
+
+
+def arch_control(ctx: Context, seed: int, name: str, source: dict[str, Any]) -> dict[str, Any]:
+    """`source`'s channel counts, cut from the dense model by BatchNorm |γ| (as `arch_uniform` cuts); its latency is
+    the source's (the same network shape)."""
+    t0 = time.perf_counter()
+    channels = list(source["channels"])
+    cfg = replace(ctx.base, seed=seed, fixed_keep_ratios=tuple(c / s for c, s in zip(channels, ctx.graph.group_sizes)))
+    path, report = _job_pruned(ctx, cfg, name)
+    if list(report["channels"]) != channels:
+        raise SystemExit(f"{name}: the job kept {report['channels']}, not the source row's {channels}")
+    return {"file": path, "channels": channels, "measured_fraction": source["measured_fraction"], "prune_s": time.perf_counter() - t0,
+            "trained_epochs": 0, "detail": {"source": source["name"]}}  # fmt: skip
 
 
 def _tp_counts(ctx: Context, model: nn.Module) -> list[int]:
@@ -520,6 +542,12 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     if uniform is None:
                         raise SystemExit(f"{name} searches at the FLOPs of the uniform row: run method uniform first")
                     row = arch_dsa_flops(ctx, target, seed, name, uniform["flops_fraction"])
+                elif method in CONTROLS:
+                    src = CONTROLS[method]
+                    source = _read(arch / f"{run_name(target, src, seed)}.json", run_key(ctx.suite, target, src, seed))
+                    if source is None:
+                        raise SystemExit(f"{name} takes the channels of {src}: run method {src} first")
+                    row = arch_control(ctx, seed, name, source)
                 else:
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice")
                 # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
@@ -594,7 +622,9 @@ def stage_time(ctx: Context, rounds: int, repeats: int) -> None:
     """Dense and every finished row (else its architecture) in the same rounds, networks in shuffled order."""
     rows = {}
     for p in sorted((ctx.out / "arch").glob("*.json")):
-        rows[p.stem] = json.loads(p.read_text())["channels"]
+        a = json.loads(p.read_text())
+        if a["method"] not in CONTROLS:  # a control is its source row's network
+            rows[p.stem] = a["channels"]
     names = list(rows)
     random.Random(0).shuffle(names)
     protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
@@ -624,6 +654,12 @@ def load_rows(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("t[0-9]*.json"))]
     timings = [json.loads(p.read_text()) for p in sorted(out.glob("timing-*.json"))]
     return runs, timings
+
+
+def timed_as(run: dict[str, Any]) -> str:
+    """The name a run's network was timed under: its own, or for a control its source row's."""
+    source = CONTROLS.get(run["method"])
+    return run["name"] if source is None else run_name(run["target"], source, run["seed"])
 
 
 def latency_row(runs: list[dict[str, Any]]) -> str:
@@ -665,12 +701,12 @@ def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list
                 "channels": [r["channels"] for r in rs],
             }
             for t in timings:
-                ms = [t["ms"][r["name"]] for r in rs if r["name"] in t["ms"]]
+                ms = [t["ms"][timed_as(r)] for r in rs if timed_as(r) in t["ms"]]
                 if ms:
                     row[f"ms@{t['host']['fingerprint']}"] = statistics.mean(ms)
                     row[f"over_target@{t['host']['fingerprint']}"] = statistics.mean(m / (target * t["dense_ms"]) for m in ms)
                 predicted = t.get("predicted_ms", {})
-                errors = [predicted[r["name"]] / t["ms"][r["name"]] - 1 for r in rs if r["name"] in t["ms"] and r["name"] in predicted]
+                errors = [predicted[n] / t["ms"][n] - 1 for n in map(timed_as, rs) if n in t["ms"] and n in predicted]
                 if errors:
                     row[f"model_error@{t['host']['fingerprint']}"] = statistics.mean(errors)
             base = {r["seed"]: r["accuracy"] for r in at if r["method"] == ours}
@@ -745,8 +781,8 @@ def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]])
         rs = [r for r in runs if r["method"] == method]
         if not rs:
             continue
-        x = [(t["ms"][r["name"]] / t["dense_ms"]) if t and r["name"] in t["ms"] else r["measured_fraction"] for r in rs]
-        ax.scatter(x, [100 * r["accuracy"] for r in rs], label=method, marker="os^Dvp"[k % 6], color=f"C{k}")
+        x = [(t["ms"][timed_as(r)] / t["dense_ms"]) if t and timed_as(r) in t["ms"] else r["measured_fraction"] for r in rs]
+        ax.scatter(x, [100 * r["accuracy"] for r in rs], label=method, marker="os^DvpPX"[k % 8], color=f"C{k}")
     dense = runs[0].get("dense_accuracy")
     if dense:
         ax.scatter([1.0], [100 * dense], color="k", marker="*", s=120, label="dense")
@@ -758,8 +794,8 @@ def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]])
     arch = [json.loads(p.read_text()) for p in sorted((path.parent / "equal_latency" / "arch").glob("*.json"))]
     for k, method in enumerate(METHODS):
         r = next((r for r in arch if r["target"] == 0.5 and r["seed"] == 0 and r["method"] == method), None)
-        if r is not None:
-            bx.plot(range(len(r["channels"])), r["channels"], marker="os^Dvp"[k % 6], label=method, color=f"C{k}")
+        if r is not None and method not in CONTROLS:  # a control's channels are its source's
+            bx.plot(range(len(r["channels"])), r["channels"], marker="os^DvpPX"[k % 8], label=method, color=f"C{k}")
     bx.set_xlabel("channel group")
     bx.set_ylabel("channels kept")
     bx.set_title("what each method cut (T = 50%, seed 0)")

@@ -755,6 +755,14 @@ def write_report(out_root: Path) -> None:
                  *[f"{r[k]:+.1%}" if (k := f"model_error@{h['fingerprint']}") in r else "" for h in hosts],
                  f"{r['prune_core_min']:.1f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
+    for control, source in CONTROLS.items():
+        for target in sorted({r["target"] for r in runs}):
+            mine = {r["seed"]: r["accuracy"] for r in runs if r["method"] == control and r["target"] == target}
+            theirs = {r["seed"]: r["accuracy"] for r in runs if r["method"] == source and r["target"] == target}
+            pairs = [mine[k] - theirs[k] for k in sorted(mine) if k in theirs]
+            if pairs:
+                lines += ["", f"Control at {target:.0%}: `{control}` minus `{source}` (same channels; one-shot cut and all epochs "
+                          f"fine-tuning against the method's own pruning): {format_interval(paired_interval(pairs), len(pairs))}."]  # fmt: skip
     tp = [r for r in rows if r["method"] == "torch_pruning"]
     us = [r for r in rows if r["hwdsa_row"]]
     for a in tp:

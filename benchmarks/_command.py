@@ -7,12 +7,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-#: Flags whose value is a folder of the machine that ran the benchmark, and what a reader substitutes.
-_MACHINE_PATHS = {"--data-root": "PATH/TO/cifar10", "--work": "WORK"}
+#: Flags whose value belongs to the machine that ran the benchmark (a folder, its process ids), and what a reader
+#: substitutes.
+_MACHINE_PATHS = {"--data-root": "PATH/TO/cifar10", "--work": "WORK", "--pause": '"$(pgrep -f TRAINING)"'}
 
 
 def reproduce_command(script: str, argv: Sequence[str] | None = None) -> str:
-    """`python benchmarks/<script> <flags>` with every machine-specific folder replaced by a placeholder."""
+    """`python benchmarks/<script> <flags>` with every machine-specific value replaced by a placeholder."""
     args = list(sys.argv[1:] if argv is None else argv)
     out: list[str] = []
     skip_next = False

@@ -25,12 +25,10 @@ import itertools
 import logging
 import os
 import random
-import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from hwdsa.profilers.base import Measurement, TimingProtocol
 from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 
 from _command import reproduce_command
+from _runs import paused
 
 _log = logging.getLogger("benchmarks.timing_statistic")
 
@@ -54,24 +53,6 @@ STATISTICS: dict[str, Callable[[Sequence[Measurement]], float]] = {
     "min_of_minima": lambda ms: min(m.min_ms for m in ms),
     "median_of_medians": lambda ms: statistics.median(m.median_ms for m in ms),
 }
-
-
-@contextmanager
-def paused(pids: Sequence[int]) -> Iterator[None]:
-    """SIGSTOP `pids` for the duration (a quiet machine for one pass), SIGCONT them after, whatever happens."""
-    stopped = []
-    try:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-            except ProcessLookupError:
-                _log.warning("no process %d to pause", pid)
-        time.sleep(1.0 if stopped else 0.0)  # let their last cache traffic drain
-        yield
-    finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
 
 
 def repeatability(per_pass: list[np.ndarray]) -> dict[str, float]:
@@ -86,17 +67,6 @@ def repeatability(per_pass: list[np.ndarray]) -> dict[str, float]:
         "fraction_mean": float(np.mean(frac)),
         "fraction_max": float(np.max(frac)),
     }
-
-
-def _without_pids(argv: Sequence[str]) -> list[str]:
-    """The command line with the paused PIDs (this session's processes) replaced by a placeholder."""
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a == "--pause" and i + 1 < len(out):
-            out[i + 1] = '"$(pgrep -f TRAINING)"'
-        elif a.startswith("--pause="):
-            out[i] = '--pause="$(pgrep -f TRAINING)"'
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     fp = cpu_fingerprint()
     record: dict[str, Any] = {
         "host": {"cpu": cpu_description(), "fingerprint": fingerprint_id(fp)},
-        "command": reproduce_command("timing_statistic.py", _without_pids(sys.argv[1:] if argv is None else argv)),
+        "command": reproduce_command("timing_statistic.py", argv),
         "model": args.model,
         "networks": nets,
         "rounds": args.rounds,

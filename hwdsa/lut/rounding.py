@@ -321,11 +321,23 @@ def round_for_budgets(
     sizes = [int(c) for c in group_sizes]
     r = ratios.detach().double().cpu().tolist()
     counts = [min(float(c), max(1.0, float(x) * c)) for x, c in zip(r, sizes)]
+    step, below = _grid(cost, multiple)
+    return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step, below_multiple=below))
+
+
+def _grid(cost: LatencyCost, multiple: int | None) -> tuple[int | None, bool]:
+    """`round_for_budgets`' grid: (multiple, below_multiple) for `round_to_latency_optimal`."""
     stepped = cost.meta is not None and has_stepped_latency(cost.meta.backend)
     lattice = cost.meta.channel_multiple if cost.meta is not None else 1
     step = multiple if multiple is not None else (None if stepped else lattice)
     on_lattice = multiple is None and not stepped and lattice > 1  # the table's lattice, not a user's --round-to
-    return list(round_to_latency_optimal(counts, cost, budgets[0].limit, multiple=step, below_multiple=on_lattice))
+    return step, on_lattice
 
 
-__all__ = ["round_for_budgets", "round_to_latency_optimal"]
+def rounding_steps(cost: LatencyCost, group: int, multiple: int | None = None) -> list[int]:
+    """The counts `round_for_budgets` may give `group` (ascending), for the same `multiple`."""
+    step, below = _grid(cost, multiple)
+    return _steps(cost, group, step, below_multiple=below)
+
+
+__all__ = ["round_for_budgets", "round_to_latency_optimal", "rounding_steps"]

@@ -42,6 +42,11 @@ def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def _one_group_up(base: list[int], raised: list[int]) -> bool:
+    moved = [(b, r) for b, r in zip(base, raised) if b != r]
+    return len(moved) == 1 and moved[0][0] < moved[0][1]
+
+
 def _assert_the_rules(check: MeasuredBudget, cost: LatencyCost, fraction: float | None) -> None:
     """What every check keeps, whatever the timings: see the module docstring."""
     rows = check.candidates
@@ -49,7 +54,11 @@ def _assert_the_rules(check: MeasuredBudget, cost: LatencyCost, fraction: float 
     assert len({tuple(r["channels"]) for r in rows}) == len(rows)  # one row per distinct rounding
     for r in rows:  # every candidate is a rounding of the search under its limit, priced by the model
         assert r["predicted_ms"] <= r["limit_ms"] * (1 + 1e-9) and r["predicted_ms"] == pytest.approx(cost.exact(r["channels"]))
-        assert r["stage"] in ("ladder", "extended", "confirm") and r["measured_ms"] == min(r["timings_ms"])
+        assert r["stage"] in ("ladder", "extended", "confirm", "nudge") and r["measured_ms"] == min(r["timings_ms"])
+    for r in rows:  # a nudge raises one group of another candidate by one step, priced between two candidates
+        if r["stage"] == "nudge":
+            assert any(_one_group_up(other["channels"], r["channels"]) for other in rows if other["stage"] != "nudge")
+            assert min(o["predicted_ms"] for o in rows) < r["predicted_ms"] < max(o["predicted_ms"] for o in rows)
     assert len(check.dense_runs_ms) >= 2  # the ladder's run and the confirmation
     assert any(r["stage"] == "confirm" or len(r["timings_ms"]) > 1 for r in rows)
     assert check.dense_measured_ms == min(check.dense_runs_ms)  # the quietest of every timing of it
@@ -127,9 +136,12 @@ def test_a_coarse_ladder_is_refined_between_the_rungs_around_the_kept_one(table_
         ladder=(0.5, 1.5),
     )  # fmt: skip
     _assert_the_rules(check, cost, 0.7)
-    earlier = [r["limit_ms"] for r in check.candidates if r["stage"] != "confirm"]  # the ladder's and any extension's
-    finer = [r for r in check.candidates if r["stage"] == "confirm"]  # new roundings: only between two timed ones
+    earlier = [r["limit_ms"] for r in check.candidates if r["stage"] in ("ladder", "extended")]  # the ladder's and any extension's
+    finer = [r for r in check.candidates if r["stage"] in ("confirm", "nudge")]  # new ones: only between two timed ones
     assert all(min(earlier) < r["limit_ms"] < max(earlier) for r in finer)
+    # the lower rung (0.35 of dense priced, for a 0.7 target) fits the aim with room to spare: one-group raises of
+    # it, priced under the upper rung, are timed too
+    assert any(r["stage"] == "nudge" for r in check.candidates)
     if len(check.dense_runs_ms) == 2:  # no extension: two rungs, both in the kept one's neighbourhood
         assert all(len(r["timings_ms"]) == 2 for r in check.candidates if r["stage"] == "ladder")
 

@@ -109,6 +109,17 @@ class MeasuredBudget:
         }
 
 
+def undominated(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates whose channels no other candidate of `rows` contains (as many or more in every group, more
+    in one): a network that measures a little slower than one with more channels (a count padded to the kernel's
+    block inside the network, or timing noise) is never the better choice."""
+
+    def contains(a: Sequence[int], b: Sequence[int]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and tuple(a) != tuple(b)
+
+    return [r for r in rows if not any(contains(o["channels"], r["channels"]) for o in rows)]
+
+
 def meet_measured_budget(
     model: nn.Module,
     graph: ChannelGraph,
@@ -131,7 +142,8 @@ def meet_measured_budget(
     latency is the quietest of all its timings in every run of the check, the dense network's too;
     the target is `fraction` times the dense network's latency, or the budget's limit in ms when
     `fraction` is None, and the aim (1 - `margin`) x the target. The kept candidate is the largest
-    measured within the aim; if none is, the fastest (`met` False when it measured over the target,
+    measured within the aim among those that no other one within the aim keeps more channels than in every
+    group (`undominated`); if none is within the aim, the fastest (`met` False when it measured over the target,
     with a warning that says how far).
 
     The runs: the ladder's; when every candidate measured over the aim (the model under-prices this
@@ -199,11 +211,12 @@ def meet_measured_budget(
         return (1 - margin) * target_now()
 
     def choice() -> dict[str, Any]:
-        """The largest candidate measured within the aim, else the fastest."""
+        """The largest candidate measured within the aim that no other one within it keeps more channels than in
+        every group, else the fastest."""
         aim = aim_now()
         fitting = [r for r in timed.values() if r["measured_ms"] <= aim]
         if fitting:
-            return max(fitting, key=lambda r: r["measured_ms"])
+            return max(undominated(fitting), key=lambda r: r["measured_ms"])
         return min(timed.values(), key=lambda r: r["measured_ms"])
 
     def nudges(best: dict[str, Any], ceiling_ms: float, aim: float, exclude: set[tuple[int, ...]]) -> dict[tuple[int, ...], float]:

@@ -8,6 +8,9 @@ groups at 1-4 channels, were predicted up to 10% low on this host). This measure
 network on the lattice, one group at a time is set to 1, 2 and 4 channels, and every variant is timed with its
 base in the same interleaved rounds (one thread, the networks in shuffled order). Reported per group and
 count: the latency saved against the base, measured and as the table (with its calibration) predicts it.
+Measured on the AMD EPYC host (`7a9b5131f1f2`): the table over-prices such a cut by 0.002 ms on average, and the
+largest errors (+0.009 to +0.011 ms) are the variants that fall under the calibration's spill capacity (0.25 MB
+of weights there), whose step the prediction drops and the network does not.
 
     taskset -c 1 python benchmarks/sublattice_cost.py --pause "$(pgrep -f equal_latency)"
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from hwdsa._io import write_json_atomic
 from hwdsa.job import PruneJob, PruneJobConfig
+from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 
 _log = logging.getLogger("benchmarks.runs")
 #: The fewest paired seeds an interval is given for.
@@ -145,3 +146,9 @@ def paused(pids: Sequence[int]) -> Iterator[None]:
     finally:
         for pid in stopped:
             os.kill(pid, signal.SIGCONT)
+
+
+def host_record() -> dict[str, str]:
+    """This host as every result file records it: the CPU's name and its fingerprint (which tells apart hosts
+    that share a name)."""
+    return {"cpu": cpu_description(), "fingerprint": fingerprint_id(cpu_fingerprint())}

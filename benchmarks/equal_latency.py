@@ -91,7 +91,6 @@ from hwdsa.lut.verify import DEFAULT_MARGIN
 from hwdsa.models import create_model
 from hwdsa.profilers.backend import Backend, get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
-from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 from hwdsa.surgery import PruningPlan, load_pruned, prune, save_pruned
 from hwdsa.training import (
     TrainConfig,
@@ -107,7 +106,7 @@ from hwdsa.training import (
 
 from _command import reproduce_command
 from _plots import pyplot, save_figure
-from _runs import claimed, format_interval, paired_interval
+from _runs import claimed, format_interval, host_record, paired_interval
 
 _log = logging.getLogger("benchmarks.equal_latency")
 HERE = Path(__file__).resolve().parent
@@ -296,8 +295,7 @@ class Context:
         self.multiple = self.backend.channel_multiple
         self.out = Path(args.out) / "equal_latency"
         self.work = Path(args.work)
-        fp = cpu_fingerprint()
-        self.host = {"cpu": cpu_description(), "fingerprint": fingerprint_id(fp)}
+        self.host = host_record()
         probes = self.work / f"probes-{self.host['fingerprint']}-{self.suite.probe_rounds}x{self.suite.probe_repeats}.json"
         self.timer = Timer(self.model, self.graph, self.backend, probes)
         self._data: dict[int, JobData] = {}

@@ -45,10 +45,10 @@ from hwdsa.lut.table import LatencyTable, packaged_tables
 from hwdsa.lut.verify import meet_measured_budget
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
-from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 from hwdsa.training import TrainConfig
 
 from _command import portable_args
+from _runs import host_record
 from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.latency_budget")
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     verified = [r["verified_over_requested"] for r in rows]
     result = {
         "goal": list(GOAL),
-        "host": {"cpu": cpu_description(), "fingerprint": fingerprint_id(cpu_fingerprint())},
+        "host": host_record(),
         "args": portable_args(args),
         "within_goal": sum(r["within_goal"] for r in rows),
         "verified_within_goal": sum(r["verified_within_goal"] for r in rows),

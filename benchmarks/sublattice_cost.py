@@ -36,10 +36,9 @@ from hwdsa.lut.network import backend_for_table, measure_rounds
 from hwdsa.lut.table import LatencyTable
 from hwdsa.models import create_model
 from hwdsa.profilers.base import TimingProtocol
-from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 
 from _command import reproduce_command
-from _runs import paused
+from _runs import host_record, paused
 
 _log = logging.getLogger("benchmarks.sublattice_cost")
 HERE = Path(__file__).resolve().parent
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         predicted_saved = cost.exact(nets[b][3]) - cost.exact(channels)
         rows.append({"base": base, "group": g, "channels": c, "base_channels": nets[b][3][g], "measured_ms": measured[i],
                      "measured_saved_ms": saved, "predicted_saved_ms": predicted_saved, "unseen_ms": predicted_saved - saved})  # fmt: skip
-    host = {"cpu": cpu_description(), "fingerprint": fingerprint_id(cpu_fingerprint())}
+    host = host_record()
     result = {"host": host, "table": Path(table).name, "rounds": args.rounds, "repeats": args.repeats, "when": time.strftime("%Y-%m-%d %H:%M"),
               "statistic": "median over rounds of each round's minimum", "paused_other_processes": bool(pids),
               "base_ms": {name: measured[i] for name, i in base_at.items()},

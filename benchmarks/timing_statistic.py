@@ -40,10 +40,9 @@ from hwdsa.lut.network import independent_channels, measure_rounds
 from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.backend import get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol
-from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 
 from _command import reproduce_command
-from _runs import paused
+from _runs import host_record, paused
 
 _log = logging.getLogger("benchmarks.timing_statistic")
 
@@ -111,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, stat in STATISTICS.items():
         per_pass = [np.array([stat(rounds) for rounds in one]) for one in passes]
         results[name] = {"repeatability": repeatability(per_pass), "ms": [x.tolist() for x in per_pass]}
-    fp = cpu_fingerprint()
     record: dict[str, Any] = {
-        "host": {"cpu": cpu_description(), "fingerprint": fingerprint_id(fp)},
+        "host": host_record(),
         "command": reproduce_command("timing_statistic.py", argv),
         "model": args.model,
         "networks": nets,

@@ -10,7 +10,8 @@ model: the share of networks predicted within ±5% and ±10% of the measured lat
 two passes), the mean absolute percentage error, and the same for the FLOPs proxy (latency assumed
 proportional to FLOPs, scaled on the measured dense model). The two passes against each other give
 the measurement's own repeatability: no predictor can beat it. Writes
-`latency_prediction.{json,csv,md,png}`.
+`latency_prediction.{json,csv,md,png}` and `latency_prediction_networks.csv` (every network timed, calibration
+networks included, with its layer sum and weight footprint: enough to fit and judge another calibration form offline).
 
     taskset -c 1 .venv/bin/python benchmarks/latency_prediction.py --out benchmarks/results
 """
@@ -154,6 +155,8 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     seconds = time.perf_counter() - t0
     measured = np.minimum(pass1, pass2)  # the quietest of all 2 x rounds rounds, as one longer measurement
     k, n, n_off = len(cal_nets), len(test_nets), len(off_nets)
+    bounds = np.cumsum([0] + [len(x) for x in (cal_nets, test_nets, off_nets, uniform_nets, indep_nets, dsa_nets)]).tolist()
+    _sets = [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(("calibration", "random", "off_lattice", "uniform_draw", "independent", "dsa_produced"))]
     cal_pairs = list(zip(cal_nets, measured[:k].tolist()))
     n_uni, n_ind = len(uniform_nets), len(indep_nets)
     uniform_pairs = list(zip(uniform_nets, measured[k + n + n_off : k + n + n_off + n_uni].tolist()))
@@ -204,11 +207,14 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
         "dsa_produced_networks": len(dsa_nets),
         "dsa_produced_below_lattice": _subset_errors(refitted, dsa_nets, dsa_meas, lambda ch: min(ch) < multiple),
         "dsa_produced_on_lattice": _subset_errors(refitted, dsa_nets, dsa_meas, lambda ch: min(ch) >= multiple),
-        "heldout_rows": [
+        # Every network timed, the calibration's own included, so that other calibration forms can be fitted and
+        # judged later from this file alone (same host, same rounds).
+        "network_rows": [
             {"set": name, "model": model_name, "backend": label, "channels": " ".join(map(str, ch)), "measured_ms": float(ms),
+             "pass1_ms": float(a), "pass2_ms": float(b), "layer_sum_ms": cost.layer_sum_ms(ch), "weights_mb": cost.weights_mb(ch),
              "predicted_ms": refitted.exact(ch), "error": refitted.exact(ch) / float(ms) - 1}
-            for name, nets_, meas_ in (("independent", indep_nets, indep_meas), ("dsa_produced", dsa_nets, dsa_meas))
-            for ch, ms in zip(nets_, meas_)
+            for name, lo, hi in _sets
+            for ch, ms, a, b in zip(nets[lo:hi], measured[lo:hi], pass1[lo:hi], pass2[lo:hi])
         ],  # fmt: skip
         "seconds": seconds,
     }
@@ -280,13 +286,12 @@ def main(argv: list[str] | None = None) -> int:
             else None
         )
         by_backend[label]["meets_goal"] = by_backend[label]["cost_model"]["within_10"] >= GOAL_WITHIN_10
-    heldout = [row for s_ in summaries for row in s_.pop("heldout_rows")]
-    if heldout:
-        hbuf = io.StringIO()
-        hw = csv.DictWriter(hbuf, fieldnames=list(heldout[0]))
-        hw.writeheader()
-        hw.writerows(heldout)
-        write_text_atomic(out / "latency_prediction_heldout.csv", hbuf.getvalue())
+    timed = [row for s_ in summaries for row in s_.pop("network_rows")]
+    hbuf = io.StringIO()
+    hw = csv.DictWriter(hbuf, fieldnames=list(timed[0]))
+    hw.writeheader()
+    hw.writerows(timed)
+    write_text_atomic(out / "latency_prediction_networks.csv", hbuf.getvalue())
     result = {"goal_within_10": GOAL_WITHIN_10, "args": portable_args(args), "per_backend": by_backend, "per_model": summaries}
     write_json_atomic(out / "latency_prediction.json", result)
     buf = io.StringIO()

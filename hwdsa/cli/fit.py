@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             weight_bandwidth_gbps=cal.weight_bandwidth_gbps,
             spill_ms=cal.spill_ms,
             spill_above_mb=cal.spill_above_mb,
+            footprint_ms=cal.footprint_ms,
             scale=cal.scale,
             offset_ms=cal.offset_ms,
             rmse_ms=cal.rmse_ms,

@@ -9,7 +9,10 @@ chooses, ``T_net ≈ scale · Σ_l max(T_l, W_l / bandwidth) + offset_ms``. And 
 outgrow the core's own cache pays a fixed cost on every run that a smaller one does not (measured
 here: ONNX Runtime VGG-16 networks with 2-10 MB of weights ran 0.08-0.1 ms slower than their layers
 predict, those under 2 MB did not): the fit may add a step, ``+ spill_ms`` once Σ_l W_l exceeds a
-capacity it chooses. The fit is stored in the
+capacity it chooses. Or, where the footprint's cost grows gradually rather than at one capacity, a term
+``+ footprint_ms · √(Σ_l W_l)``: continuous, so a network just under a step's capacity is not priced a whole
+step faster than one just over it (on the AMD EPYC host a step at 0.25 MB priced ResNet-20 prunings that
+crossed it 0.01 ms, 5-10%, too fast; `benchmarks/sublattice_cost.py`). The fit is stored in the
 table's metadata (``"calibration"``, one entry per network, with the dense network's measured
 latency), so the table file carries everything its cost model needs.
 """
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 CalibrationMethod = Literal["huber", "linear"]
+#: A footprint term `fit_calibration` tries: a spill step at a capacity (MB), "sqrt" (√MB of weights), or none.
+Term = float | Literal["sqrt"] | None
 #: The regressions `fit_calibration` offers (`hwdsa fit --method`).
 CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 
@@ -64,7 +69,8 @@ def graph_signature(graph: ChannelGraph) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``latency_ms = scale · layer_sum_ms + offset_ms (+ spill_ms)`` for one network on the table's device.
+    """``latency_ms = scale · layer_sum_ms + offset_ms (+ spill_ms) (+ footprint_ms · √weights_mb)`` for one network
+    on the table's device.
 
     With `weight_bandwidth_gbps` the layer sum is Σ_l max(T_l, W_l / bandwidth): the network streams
     each layer's weights W_l from beyond the core's caches, which a layer timed alone does not (see
@@ -91,6 +97,8 @@ class Calibration:
     spill_ms: float = 0.0
     """Added to every network whose weights exceed `spill_above_mb` (they no longer fit the core's cache)."""
     spill_above_mb: float | None = None
+    footprint_ms: float = 0.0
+    """ms per √MB of the network's weights: a cost of the weight footprint that grows gradually (0: none)."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -112,11 +120,18 @@ class Calibration:
                 f"a calibration's spill_ms must be >= 0 ms, and needs spill_above_mb when > 0; got {self.spill_ms} "
                 f"above {cap}"
             )
+        if not (math.isfinite(self.footprint_ms) and self.footprint_ms >= 0):
+            raise TableError(f"a calibration's footprint_ms must be >= 0 ms per sqrt(MB); got {self.footprint_ms}")
         object.__setattr__(self, "residuals_ms", tuple(float(r) for r in self.residuals_ms))
 
     @property
     def has_spill(self) -> bool:
         return self.spill_above_mb is not None and self.spill_ms > 0
+
+    @property
+    def reads_weights(self) -> bool:
+        """Whether the fit prices the weight footprint (a spill step or a footprint term): `apply` needs it."""
+        return self.has_spill or self.footprint_ms > 0
 
     def spills(self, weights_mb: float) -> bool:
         """Whether a network with `weights_mb` of weights pays `spill_ms`."""
@@ -125,17 +140,20 @@ class Calibration:
     def apply(self, layer_sum_ms: float, weights_mb: float | None = None) -> float:
         """The calibrated end-to-end latency of a network whose layers sum to `layer_sum_ms`
         (floored by the weight stream when `weight_bandwidth_gbps` is set: `LatencyCost.layer_sum_ms`)
-        and whose weights take `weights_mb` (`LatencyCost.weights_mb`; needed when the fit has a spill step)."""
-        if self.has_spill and weights_mb is None:
-            raise ConfigError("this calibration adds a cost above a weight footprint: pass the network's weights_mb")
-        spill = self.spill_ms if weights_mb is not None and self.spills(weights_mb) else 0.0
-        return self.scale * layer_sum_ms + self.offset_ms + spill
+        and whose weights take `weights_mb` (`LatencyCost.weights_mb`; needed when `reads_weights`)."""
+        if weights_mb is None:
+            if self.reads_weights:
+                raise ConfigError("this calibration prices the weight footprint: pass the network's weights_mb")
+            return self.scale * layer_sum_ms + self.offset_ms
+        spill = self.spill_ms if self.spills(weights_mb) else 0.0
+        return self.scale * layer_sum_ms + self.offset_ms + spill + self.footprint_ms * math.sqrt(max(weights_mb, 0.0))
 
     def describe(self) -> str:
         """The fit in one line, for messages."""
         floor = "" if self.weight_bandwidth_gbps is None else f", weights streamed at {self.weight_bandwidth_gbps:.3g} GB/s"
         spill = f", +{self.spill_ms:.3g} ms above {self.spill_above_mb:.3g} MB of weights" if self.has_spill else ""
-        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}{spill}"
+        footprint = f", +{self.footprint_ms:.3g} ms x sqrt(MB of weights)" if self.footprint_ms > 0 else ""
+        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}{spill}{footprint}"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,6 +178,7 @@ class Calibration:
                 weight_bandwidth_gbps=None if obj.get("weight_bandwidth_gbps") is None else float(obj["weight_bandwidth_gbps"]),
                 spill_ms=float(obj.get("spill_ms", 0.0)),
                 spill_above_mb=None if obj.get("spill_above_mb") is None else float(obj["spill_above_mb"]),
+                footprint_ms=float(obj.get("footprint_ms", 0.0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TableError(
@@ -176,7 +195,7 @@ MIN_PAIRS_FOR_WEIGHT_FLOOR = 8
 SPILL_CAPACITIES_MB: tuple[float, ...] = tuple(float(c) for c in np.geomspace(0.25, 64.0, 17))
 #: A spill step is fitted only with at least this many calibration networks on each side of its capacity.
 MIN_PAIRS_PER_SIDE_FOR_SPILL = 4
-#: Each extra term of the fit (floor, spill) must cut the relative RMS error by this factor to be kept.
+#: Each extra term of the fit (floor, spill step or footprint) must cut the relative RMS error by this factor to be kept.
 EARN_ITS_PLACE = 0.98
 
 
@@ -190,6 +209,7 @@ def fit_calibration(
     weight_floor: bool = True,
     spill: bool = True,
     spill_capacities_mb: Sequence[float] = SPILL_CAPACITIES_MB,
+    footprint: bool = True,
 ) -> Calibration:
     """Fit ``measured_ms ≈ scale · Σ_l T_l(channels) + offset_ms`` over end-to-end measurements.
 
@@ -214,6 +234,9 @@ def fit_calibration(
             kept when its step is positive and it cuts the relative RMS error by 2%, both on the pairs
             and in leave-one-out (a step fits noise easily).
         spill_capacities_mb: the capacities tried (e.g. the device's own L2 and L3 sizes, when known).
+        footprint: also try ``+ footprint_ms · √(Σ_l W_l)`` in place of a step (with at least
+            `MIN_PAIRS_FOR_WEIGHT_FLOOR` pairs). Of the step and this term, the one with the smaller
+            leave-one-out error is kept, under the same two conditions as the step.
 
     Raises:
         ConfigError: too few pairs, or a non-positive measured latency.
@@ -249,10 +272,17 @@ def fit_calibration(
             continue
         sums[bw] = x
 
-    def fit(bw: float | None, cap: float | None, keep: np.ndarray | None = None) -> _Fit | None:
-        """The fit with floor `bw` and spill capacity `cap`, on the pairs `keep` selects (all by default)."""
+    def fit(bw: float | None, term: Term, keep: np.ndarray | None = None) -> _Fit | None:
+        """The fit with floor `bw` and footprint term `term` (a spill capacity in MB, "sqrt", or none), on the
+        pairs `keep` selects (all by default)."""
         x_all = sums[bw]
-        step_all = None if cap is None else (footprints > cap).astype(np.float64)
+        cap = term if isinstance(term, float) else None
+        if term is None:
+            step_all = None
+        elif term == "sqrt":
+            step_all = np.sqrt(footprints)
+        else:
+            step_all = (footprints > term).astype(np.float64)
         sel = np.ones(len(y), dtype=bool) if keep is None else keep
         x, yy = x_all[sel], y[sel]
         step = None if step_all is None else step_all[sel]
@@ -268,17 +298,19 @@ def fit_calibration(
             offset = float(y[anchor] - scale * x_all[anchor] - (0.0 if step_all is None else spill_ms * step_all[anchor]))
         x, step = x_all, step_all  # the fitted values are reported for every pair
         if not scale > 0:
-            if bw is None and cap is None:
+            if bw is None and term is None:
                 raise TableError(
                     f"calibration fitted a non-positive scale ({scale:.4g}): the table's layer sums do not track the "
                     "measured latencies (a table from another device, or measurements dominated by noise?)"
                 )
             return None
         if step is not None and not spill_ms > 0:
-            return None  # a step down where weights outgrow a cache is not a cache effect
+            return None  # latency falling as weights outgrow the caches is not a cache effect
         fitted = scale * x + offset + (0.0 if step is None else spill_ms * step)
         rel_rms = float(np.sqrt(np.mean((fitted[sel] / y[sel] - 1.0) ** 2)))
-        return _Fit(rel_rms, bw, cap, scale, offset, spill_ms if step is not None else 0.0, fitted)
+        per_step = spill_ms if cap is not None else 0.0
+        per_sqrt_mb = spill_ms if term == "sqrt" else 0.0
+        return _Fit(rel_rms, bw, term, scale, offset, per_step, per_sqrt_mb, fitted)
 
     footprints = np.array([cost.weights_mb(ch) for ch, _ in pairs], dtype=np.float64)
     plain = fit(None, None)
@@ -292,15 +324,19 @@ def fit_calibration(
         if min(int(np.sum(footprints > c)), int(np.sum(footprints <= c))) >= MIN_PAIRS_PER_SIDE_FOR_SPILL
     ] if spill else []  # fmt: skip
     spills = [f for f in (fit(bw, c) for bw in dict.fromkeys((None, chosen.bandwidth)) for c in caps) if f is not None]
-    with_spill = min(spills, key=lambda f: f.rel_rms, default=None)
-    # A step has two parameters (where and how much) and fits noise easily: it must also predict the
-    # networks it was not fitted on better, in leave-one-out, than the fit without it.
-    if (
-        with_spill is not None
-        and with_spill.rel_rms < EARN_ITS_PLACE * chosen.rel_rms
-        and _held_out_rel_rms(fit, with_spill, y, anchor) < EARN_ITS_PLACE * _held_out_rel_rms(fit, chosen, y, anchor)
-    ):
-        chosen = with_spill
+    terms = [min(spills, key=lambda f: f.rel_rms)] if spills else []
+    if footprint and len(pairs) >= MIN_PAIRS_FOR_WEIGHT_FLOOR:
+        terms += [f for f in (fit(bw, "sqrt") for bw in dict.fromkeys((None, chosen.bandwidth))) if f is not None]
+    # A footprint term fits noise easily (a step has two parameters: where and how much): it must also
+    # predict the networks it was not fitted on better, in leave-one-out, than the fit without it; of
+    # those that do, the one that predicts them best is kept.
+    base_held_out = _held_out_rel_rms(fit, chosen, y, anchor) if terms else math.inf
+    earned = [
+        (held_out, f) for f in terms if f.rel_rms < EARN_ITS_PLACE * chosen.rel_rms
+        for held_out in [_held_out_rel_rms(fit, f, y, anchor)] if held_out < EARN_ITS_PLACE * base_held_out
+    ]  # fmt: skip
+    if earned:
+        chosen = min(earned, key=lambda e: e[0])[1]
     fitted = chosen.fitted
     residuals = y - fitted
     rmse = float(np.sqrt(np.mean(residuals**2)))
@@ -318,7 +354,8 @@ def fit_calibration(
         anchored=anchor is not None,
         weight_bandwidth_gbps=chosen.bandwidth,
         spill_ms=chosen.spill_ms,
-        spill_above_mb=chosen.capacity_mb if chosen.spill_ms > 0 else None,
+        spill_above_mb=chosen.term if isinstance(chosen.term, float) and chosen.spill_ms > 0 else None,
+        footprint_ms=chosen.footprint_ms,
     )
     _log.info(
         "calibration: latency ≈ %s over %d networks (rmse %.3g ms, max rel. error %.1f%%)",
@@ -336,7 +373,8 @@ def _regress(
     relative_to: np.ndarray | None = None,
     step: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
-    """Fit y ≈ scale·x (+ offset) (+ spill·step) minimising the residuals relative to `relative_to` (default y)."""
+    """Fit y ≈ scale·x (+ offset) (+ c·step) minimising the residuals relative to `relative_to` (default y);
+    `step` is the footprint term's column (a step's 0/1, or √MB)."""
     from sklearn.linear_model import HuberRegressor, LinearRegression
 
     r = y if relative_to is None else relative_to
@@ -360,15 +398,15 @@ def _regress(
 
 
 def _held_out_rel_rms(
-    fit: Callable[[float | None, float | None, np.ndarray], _Fit | None], model: _Fit, y: np.ndarray, anchor: int | None
+    fit: Callable[[float | None, Term, np.ndarray], _Fit | None], model: _Fit, y: np.ndarray, anchor: int | None
 ) -> float:
-    """Leave-one-out relative RMS error of `model`'s terms (its floor and spill capacity refitted without each pair)."""
+    """Leave-one-out relative RMS error of `model`'s terms (its floor and footprint term refitted without each pair)."""
     errors = []
     for i in range(len(y)):
         if i == anchor:
             continue  # an anchored fit goes through its anchor by construction
         keep = np.arange(len(y)) != i
-        refit = fit(model.bandwidth, model.capacity_mb, keep)
+        refit = fit(model.bandwidth, model.term, keep)
         if refit is None:
             return math.inf
         errors.append(refit.fitted[i] / y[i] - 1.0)
@@ -381,10 +419,11 @@ class _Fit:
 
     rel_rms: float
     bandwidth: float | None
-    capacity_mb: float | None
+    term: Term
     scale: float
     offset_ms: float
     spill_ms: float
+    footprint_ms: float
     fitted: np.ndarray
 
 

@@ -16,7 +16,8 @@ cost never decreases when a channel is added (section 7 of the design note); `ex
 counts with the true table values. A calibration with a weight bandwidth floors every grid value at
 the time the layer's weights take to stream (`hwdsa.lut.fit.with_weight_floor`) before anything else;
 one with a spill step adds `spill_ms` where the network's (expected) weight footprint exceeds its
-capacity: a step without a gradient, which keeps the cost non-decreasing, as a staircase does. A
+capacity: a step without a gradient, which keeps the cost non-decreasing, as a staircase does; one with
+a footprint term adds `footprint_ms` times the square root of the expected footprint, with its gradient. A
 layer's input count (a sum over concatenated groups, with variances added) and output count are
 taken as independent, which they are unless one group feeds
 both sides through a concatenation; a layer whose input and output are one and the same group (a
@@ -120,10 +121,10 @@ class _Buffers:
             self.layers.append((keys[0], keys[1], torch.tensor(fl.budget_ms, dtype=f64, device=device)))
         # Weight MB of each layer at the corners of its (c_in, c_out) range: weights are bilinear in the two
         # counts (linear along a depthwise diagonal), so interpolating the corners at the expected counts is
-        # the expected footprint (independent axes). Only a calibration with a spill step reads it.
+        # the expected footprint (independent axes). Only a calibration that prices the footprint reads it.
         self.footprint: list[tuple[int, int, bool, tuple[float, float, float, float], tuple[float, float, float, float]]] = []
-        spill = cost.calibration is not None and cost.calibration.has_spill
-        for fl, (ai, ao) in zip(cost.layers if spill else (), cost._layer_axes):
+        reads = cost.calibration is not None and cost.calibration.reads_weights
+        for fl, (ai, ao) in zip(cost.layers if reads else (), cost._layer_axes):
             a_in, a_out = cost._axes[ai], cost._axes[ao]
             diag = fl.grid.shape == "diag"
             if diag:  # (lo, hi, W(lo), W(hi)) along the diagonal, the second tuple unused
@@ -350,13 +351,15 @@ class LatencyCost:
             if cal.has_spill and float(self._expected_weights_mb(buf, alpha.detach())) > float(cal.spill_above_mb or 0.0):
                 # a step, as `exact` prices it: no gradient of its own, and the cost stays non-decreasing
                 total = total + cal.spill_ms
+            if cal.footprint_ms > 0:  # continuous and increasing in every count: it keeps its gradient
+                total = total + cal.footprint_ms * self._expected_weights_mb(buf, alpha).clamp_min(0.0).sqrt()
         return total.to(keep_ratios.dtype if keep_ratios.is_floating_point() else torch.float64)
 
     forward = __call__
 
     @staticmethod
     def _expected_weights_mb(buf: _Buffers, alpha: Tensor) -> Tensor:
-        """Σ_l W_l at the expected counts of `alpha` (the footprint a calibration's spill step reads)."""
+        """Σ_l W_l at the expected counts of `alpha` (the footprint a calibration's step or term reads)."""
 
         def mean_count(axis_id: int) -> Tensor:
             ax, g, ch, _ = buf.axes[axis_id]
@@ -430,7 +433,7 @@ class LatencyCost:
         total = math.fsum(p.latency_ms for p in parts)
         if self.calibration is None:
             return total
-        weights = math.fsum(weight_mb(p.spec) for p in parts) if self.calibration.has_spill else None
+        weights = math.fsum(weight_mb(p.spec) for p in parts) if self.calibration.reads_weights else None
         return self.calibration.apply(total, weights)
 
     def breakdown(self, channels: Sequence[int]) -> tuple[LayerLatency, ...]:

@@ -353,7 +353,7 @@ def calibration_networks(graph: ChannelGraph, networks: int, *, seed: int = 0, m
     """The networks `calibrate_table` times: the dense one, then `networks - 1` seeded random prunings.
 
     Their widths are drawn log-uniformly (`random_channels(draw="log")`): the calibration's terms
-    that switch on with the weight footprint (a floor, a spill step at a cache capacity) are only
+    that grow with the weight footprint (a floor, a spill step at a cache capacity, a √footprint term) are only
     identified with networks on both sides of the capacity, and a uniform width puts few networks at
     small footprints (VGG-16, 24 networks: 2 under 2 MB of weights and 3 in 2-10 MB, against 4 and 7 drawn
     log-uniformly).

@@ -83,7 +83,7 @@ def _grow_to_limit(
     layers_of = _layers_of_groups(cost)
     priced = cost.breakdown(current)
     parts = [p.latency_ms for p in priced]
-    footprint = [weight_mb(p.spec) for p in priced]  # what a calibration's spill step reads (as `exact` sums it)
+    footprint = [weight_mb(p.spec) for p in priced]  # what a calibration's footprint terms read (as `exact` sums it)
     cal = cost.calibration
     scale = cal.scale if cal is not None else 1.0
     # where the price per channel can change: the measured counts and, under "ceil:N", the multiples of N
@@ -96,7 +96,7 @@ def _grow_to_limit(
         s = math.fsum(values)
         if cal is None:
             return s
-        return cal.apply(s, math.fsum(weights) if cal.has_spill else None)
+        return cal.apply(s, math.fsum(weights) if cal.reads_weights else None)
 
     def moves(g: int) -> list[tuple[float, int, int, dict[int, tuple[float, float]]]]:
         """(ms per channel, -target, target, re-priced layers) for every candidate target of group g."""

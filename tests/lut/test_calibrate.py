@@ -200,6 +200,37 @@ def test_a_spill_step_is_found_where_the_weights_outgrow_a_capacity_and_priced_e
         Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", spill_ms=0.1, spill_above_mb=-1.0)
 
 
+def test_a_footprint_term_is_found_where_latency_grows_with_the_square_root_of_the_weights() -> None:
+    """A cost that grows gradually with the weight footprint: fitted as a continuous term, priced with its gradient."""
+    _, cost = _setup()
+    pairs = _pairs(cost, 24, seed=5)
+    per_sqrt_mb = 0.3 * SCALE * cost.layer_sum_ms(pairs[0][0]) / np.sqrt(cost.weights_mb(pairs[0][0]))
+    grown = [(c, ms + per_sqrt_mb * float(np.sqrt(cost.weights_mb(c)))) for c, ms in pairs]
+    cal = fit_calibration(cost, grown)
+    assert not cal.has_spill and cal.reads_weights and cal.footprint_ms == pytest.approx(per_sqrt_mb, rel=1e-3)
+    assert cal.scale == pytest.approx(SCALE, rel=1e-3) and max(abs(r) for r in cal.residuals_ms) < 1e-3
+    assert "sqrt(MB of weights)" in cal.describe() and Calibration.from_json(cal.to_json()) == cal
+    priced = cost.with_calibration(cal)
+    for c, ms in grown[:6]:
+        assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
+        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
+        value = priced(alpha, std=0.0)
+        value.backward()
+        assert float(value.detach()) == pytest.approx(ms, rel=0.02)
+        plain = cost.with_calibration(dataclasses.replace(cal, footprint_ms=0.0))
+        alpha_plain = alpha.detach().clone().requires_grad_(True)
+        plain(alpha_plain, std=0.0).backward()
+        assert alpha.grad is not None and alpha_plain.grad is not None
+        assert bool((alpha.grad > alpha_plain.grad).all()), "the term's own slope adds to every group's price"
+    with pytest.raises(ConfigError, match="pass the network's weights_mb"):
+        cal.apply(1.0)
+    assert fit_calibration(cost, pairs).footprint_ms == 0.0  # affine: the term does not earn its place
+    assert fit_calibration(cost, grown, footprint=False).footprint_ms == 0.0
+    assert fit_calibration(cost, grown[:7]).footprint_ms == 0.0  # too few networks to try it
+    with pytest.raises(TableError, match="footprint_ms must be >= 0"):
+        Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", footprint_ms=-0.1)
+
+
 def test_refusals() -> None:
     table, cost = _setup()
     with pytest.raises(ConfigError, match="at least 3 .* pairs; got 2"):

@@ -287,15 +287,15 @@ def fit_calibration(
         x, yy = x_all[sel], y[sel]
         step = None if step_all is None else step_all[sel]
         if anchor is None:
-            scale, offset, spill_ms = _regress(x, yy, method=method, fit_offset=fit_offset, step=step)
+            scale, offset, coef = _regress(x, yy, method=method, fit_offset=fit_offset, step=step)
         else:
             others = sel & (np.arange(len(y)) != anchor)
             d_step = None if step_all is None else step_all[others] - step_all[anchor]
-            scale, _, spill_ms = _regress(
+            scale, _, coef = _regress(
                 x_all[others] - x_all[anchor], y[others] - y[anchor], method=method, fit_offset=False,
                 relative_to=y[others], step=d_step,
             )  # fmt: skip
-            offset = float(y[anchor] - scale * x_all[anchor] - (0.0 if step_all is None else spill_ms * step_all[anchor]))
+            offset = float(y[anchor] - scale * x_all[anchor] - (0.0 if step_all is None else coef * step_all[anchor]))
         x, step = x_all, step_all  # the fitted values are reported for every pair
         if not scale > 0:
             if bw is None and term is None:
@@ -304,12 +304,12 @@ def fit_calibration(
                     "measured latencies (a table from another device, or measurements dominated by noise?)"
                 )
             return None
-        if step is not None and not spill_ms > 0:
+        if step is not None and not coef > 0:
             return None  # latency falling as weights outgrow the caches is not a cache effect
-        fitted = scale * x + offset + (0.0 if step is None else spill_ms * step)
+        fitted = scale * x + offset + (0.0 if step is None else coef * step)
         rel_rms = float(np.sqrt(np.mean((fitted[sel] / y[sel] - 1.0) ** 2)))
-        per_step = spill_ms if cap is not None else 0.0
-        per_sqrt_mb = spill_ms if term == "sqrt" else 0.0
+        per_step = coef if cap is not None else 0.0
+        per_sqrt_mb = coef if term == "sqrt" else 0.0
         return _Fit(rel_rms, bw, term, scale, offset, per_step, per_sqrt_mb, fitted)
 
     footprints = np.array([cost.weights_mb(ch) for ch, _ in pairs], dtype=np.float64)

@@ -318,8 +318,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"table's calibration is refitted on {args.calibration_networks} other networks (dense + random, seed 0, widths drawn "
         "log-uniformly as `hwdsa fit` draws them) timed in the same interleaved rounds as the test networks, as a user runs "
         "`hwdsa fit` before pruning: the latency level of this shared VM moves between sessions. *shipped calibration* is "
-        "the one stored in the table, fitted earlier; *no spill step* is the refitted calibration without its step for "
-        "networks whose weights outgrow the core's cache; *uniform draw* is the calibration fitted on as many networks drawn "
+        "the one stored in the table, fitted earlier; *no spill step* is the refitted calibration without a step for "
+        "networks whose weights outgrow the core's cache (a √footprint term may remain); *uniform draw* is the calibration fitted on as many networks drawn "
         "as `hwdsa fit` drew them before (overall width U(0.1, 1), few small footprints), timed in the same rounds. "
         f"Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
         f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle). *Measured* is "
@@ -359,6 +359,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         floor = "" if fit.get("weight_bandwidth_gbps") is None else f", floor at {fit['weight_bandwidth_gbps']:.3g} GB/s"
         if fit.get("spill_ms", 0.0) > 0:
             floor += f", +{fit['spill_ms']:.3g} ms above {fit['spill_above_mb']:.3g} MB"
+        if fit.get("footprint_ms", 0.0) > 0:
+            floor += f", +{fit['footprint_ms']:.3g} ms x sqrt(MB)"
         lines.append(
             f"| {s['backend']} | {s['model']} | {fit['scale']:.3g} x sum {fit['offset_ms']:+.3g} ms{floor} | "
             f"{s['dense_measured_ms']:.3f} | {s['dense_predicted_ms']:.3f} | "

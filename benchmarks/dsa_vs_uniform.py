@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import statistics
 import sys
@@ -237,6 +238,7 @@ def write_report(runs_dir: Path, results: Path) -> None:
                 f"{statistics.mean(r['core_minutes'] for r in rs):.1f} |"
             )
         md.append("")
+    md += _scratch_against_pretrained(rows)
     md += ["Estimators:", *[f"- {name}: {text}" for name, (_, text) in ESTIMATORS.items()], "- β2: const = 1 throughout (the authors' default); rising = 1 → 5 linearly over the search.", ""]
     md += ["Reproduce: `taskset -c 1 python benchmarks/dsa_vs_uniform.py --data-root PATH/TO/cifar10 --stage short`, then `--stage full` "
            "(the short stage's best two on held-out images) and `--stage scratch` (its best).", ""]
@@ -244,6 +246,32 @@ def write_report(runs_dir: Path, results: Path) -> None:
     write_json_atomic(results / "dsa_vs_uniform.json", {"summary": summary, "runs": rows})
     _plot(results / "dsa_vs_uniform.png", rows)
     print("\n".join(md))
+
+
+def _scratch_against_pretrained(rows: list[dict[str, Any]]) -> list[str]:
+    """The from-scratch runs beside the pre-trained flow of the same setting: accuracy, and the wall time of the
+    whole path (dense pre-training, from the committed model's record, plus the full stage's search and fine-tuning)."""
+    dense_record = HERE / "dense" / "resnet20_cifar10.json"
+    record = json.loads(dense_record.read_text()) if dense_record.is_file() else {}
+    pretrain_min = float(record["train_wall_min"]) if "train_wall_min" in record else None
+    pretrain_epochs = record.get("train", {}).get("epochs", "?")
+    lines = []
+    for r in (r for r in rows if r["stage"] == "scratch"):
+        setting = r["method"].removesuffix(" from scratch")
+        full = [f for f in rows if f["stage"] == "full" and f["method"] == setting]
+        if not full or pretrain_min is None:
+            continue
+        path_min = pretrain_min + statistics.mean(f["core_minutes"] for f in full)
+        lines.append(
+            f"From scratch ({setting}, seed {r['seed']}, {r['search_epochs']} search + {r['finetune_epochs']} fine-tuning epochs): "
+            f"test top-1 {100 * r['test_top1']:.2f}% in {r['core_minutes']:.0f} core-minutes, against "
+            f"{100 * statistics.mean(f['test_top1'] for f in full):.2f}% for the pre-trained path ({len(full)} seeds) in "
+            f"{path_min:.0f} core-minutes: the dense model's {pretrain_min:.0f} ({pretrain_epochs} epochs) plus "
+            f"{statistics.mean(f['core_minutes'] for f in full):.0f} of search and fine-tuning "
+            f"(ratio {r['core_minutes'] / path_min:.2f}; wall clock, one core each, the other core busy; time a run spent "
+            "paused while other work was timed counts)."
+        )
+    return lines + [""] if lines else []
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:

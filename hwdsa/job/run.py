@@ -177,6 +177,9 @@ class PruneJob:
             write_json_atomic(self.out / "config.json", cfg.to_dict())
         timings: dict[str, float] = {}
         t_job = time.perf_counter()
+        # CPU seconds of this process (all its threads): the compute the job took, which a wall clock overstates
+        # when the job waits on a shared machine or is paused (SIGSTOP) while something else is timed.
+        cpu_job = time.process_time()
 
         splits, train, holdout, holdout_eval, test, input_shape = job_data(cfg)
         model = create_model(cfg.model, num_classes=splits.num_classes, **_model_kwargs(cfg.model, input_shape)).to(device)
@@ -264,6 +267,7 @@ class PruneJob:
         pruned_heldout = evaluate(pruned, holdout_eval, device)
         latency, latency_note = latency_side.measure(unwrap(model), graph, channels, budgets, timings)
         timings["total_s"] = time.perf_counter() - t_job
+        timings["cpu_s"] = time.process_time() - cpu_job
 
         dense_flops, dense_params = FlopsCost(graph).dense, ParamsCost(graph).dense
         pruned_params = count_params(pruned)

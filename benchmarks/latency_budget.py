@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     measure_all(rows, args)
     searched.unlink(missing_ok=True)
     shutil.rmtree(out_dir(args) / ".latency_budget", ignore_errors=True)
+    for r in rows:  # a table outside the repository (this host's cache) is named by its file name only
+        if r["table"].startswith(".."):
+            r["table"] = Path(r["table"]).name
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ratios = [r["measured_over_requested"] for r in rows]

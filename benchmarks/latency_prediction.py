@@ -156,7 +156,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     measured = np.minimum(pass1, pass2)  # the quietest of all 2 x rounds rounds, as one longer measurement
     k, n, n_off = len(cal_nets), len(test_nets), len(off_nets)
     bounds = np.cumsum([0] + [len(x) for x in (cal_nets, test_nets, off_nets, uniform_nets, indep_nets, dsa_nets)]).tolist()
-    _sets = [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(("calibration", "random", "off_lattice", "uniform_draw", "independent", "dsa_produced"))]
+    set_bounds = [(name, bounds[i], bounds[i + 1]) for i, name in enumerate(("calibration", "random", "off_lattice", "uniform_draw", "independent", "dsa_produced"))]
     cal_pairs = list(zip(cal_nets, measured[:k].tolist()))
     n_uni, n_ind = len(uniform_nets), len(indep_nets)
     uniform_pairs = list(zip(uniform_nets, measured[k + n + n_off : k + n + n_off + n_uni].tolist()))
@@ -213,7 +213,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
             {"set": name, "model": model_name, "backend": label, "channels": " ".join(map(str, ch)), "measured_ms": float(ms),
              "pass1_ms": float(a), "pass2_ms": float(b), "layer_sum_ms": cost.layer_sum_ms(ch), "weights_mb": cost.weights_mb(ch),
              "predicted_ms": refitted.exact(ch), "error": refitted.exact(ch) / float(ms) - 1}
-            for name, lo, hi in _sets
+            for name, lo, hi in set_bounds
             for ch, ms, a, b in zip(nets[lo:hi], measured[lo:hi], pass1[lo:hi], pass2[lo:hi])
         ],  # fmt: skip
         "seconds": seconds,

@@ -351,8 +351,8 @@ class LatencyCost:
             if cal.has_spill and float(self._expected_weights_mb(buf, alpha.detach())) > float(cal.spill_above_mb or 0.0):
                 # a step, as `exact` prices it: no gradient of its own, and the cost stays non-decreasing
                 total = total + cal.spill_ms
-            if cal.footprint_ms > 0:  # continuous and increasing in every count: it keeps its gradient
-                total = total + cal.footprint_ms * self._expected_weights_mb(buf, alpha).clamp_min(0.0).sqrt()
+            if cal.footprint_ms > 0:  # continuous and increasing in every count: it keeps its gradient (finite at 0)
+                total = total + cal.footprint_ms * self._expected_weights_mb(buf, alpha).clamp_min(1e-9).sqrt()
         return total.to(keep_ratios.dtype if keep_ratios.is_floating_point() else torch.float64)
 
     forward = __call__

@@ -32,6 +32,13 @@ def reproduce_command(script: str, argv: Sequence[str] | None = None) -> str:
     return " ".join(["python", f"benchmarks/{Path(script).name}", *out])
 
 
+def portable_path(path: str | os.PathLike[str]) -> str:
+    """A file as a result file records it: relative to the working folder when inside it (a table in the
+    repository), else its file name (a table in the per-user cache)."""
+    rel = os.path.relpath(path)
+    return Path(path).name if rel.startswith("..") else rel
+
+
 def portable_args(args: object) -> dict[str, object]:
     """An argparse namespace as a result file records it: machine folders as their placeholders, any other
     absolute path (a table in the per-user cache) as its file name."""
@@ -39,7 +46,7 @@ def portable_args(args: object) -> dict[str, object]:
 
     def portable(v: object) -> object:
         if isinstance(v, str) and os.path.isabs(v):
-            return Path(v).name
+            return portable_path(v)
         if isinstance(v, list):
             return [portable(x) for x in v]
         return v

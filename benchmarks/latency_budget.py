@@ -47,7 +47,7 @@ from hwdsa.models import create_model, default_input_shape
 from hwdsa.profilers.base import TimingProtocol
 from hwdsa.training import TrainConfig
 
-from _command import portable_args
+from _command import portable_args, portable_path
 from _runs import host_record
 from _plots import pyplot, save_figure
 
@@ -131,7 +131,7 @@ def search_one(
     flops = FlopsCost(graph)
     _log.info("%s %s %.0f%%: searched in %.0f s, predicted %.4g ms for a budget of %.4g ms", label, model_name, 100 * fraction, search_s, cost.exact(channels), budget.limit)
     return {
-        "table": os.path.relpath(table_path),  # no path of the machine that ran it
+        "table": portable_path(table_path),  # no path of the machine that ran it
         "backend": label,
         "model": model_name,
         "budget_fraction": fraction,
@@ -193,7 +193,7 @@ def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         nets: list[list[int]] = []
         for r in sel:
             nets += [dense, [int(c) for c in r["channels"].split()], [int(c) for c in r["verified_channels"].split()]]
-        groups.append((sel, model, graph, _backend(LatencyTable.read(table_path)), nets))
+        groups.append((sel, model, graph, _backend(LatencyTable.read(sel[0]["calibrated_table"])), nets))
     passes: list[list[list[float]]] = [[], []]
     for timed in passes:
         for _, model, graph, backend, nets in groups:
@@ -281,9 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     measure_all(rows, args)
     searched.unlink(missing_ok=True)
     shutil.rmtree(out_dir(args) / ".latency_budget", ignore_errors=True)
-    for r in rows:  # a table outside the repository (this host's cache) is named by its file name only
-        if r["table"].startswith(".."):
-            r["table"] = Path(r["table"]).name
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ratios = [r["measured_over_requested"] for r in rows]

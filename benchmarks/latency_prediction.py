@@ -50,6 +50,8 @@ _log = logging.getLogger("benchmarks.latency_prediction")
 #: The networks a latency budget of 20% or more of the dense network keeps (the budget benchmark's are 30-70%).
 BUDGET_RANGE_FROM = 0.2
 GOAL_WITHIN_10 = 0.95
+#: The result files whose DSA-produced networks form a held-out set (run from the repository's root).
+DSA_RESULTS = ["benchmarks/results/latency_budget.json", "benchmarks/results/equal_latency/arch/*.json"]
 
 
 def _errors(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--dsa-networks",
         nargs="*",
-        default=["benchmarks/results/latency_budget.json", "benchmarks/results/equal_latency/arch/*.json"],
+        default=DSA_RESULTS,
         help="result files whose DSA-produced networks are a held-out set",
     )
     p.add_argument("--off-lattice", type=int, default=20, help="extra networks at any channel count, for tables with a channel lattice (reported, not the goal)")

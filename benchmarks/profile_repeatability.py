@@ -46,12 +46,11 @@ from hwdsa.profilers.base import TimingProtocol
 from _command import reproduce_command
 from _plots import pyplot, save_figure
 from _runs import host_record, paused
-from latency_prediction import dsa_networks
+from latency_prediction import DSA_RESULTS, dsa_networks
 
 _log = logging.getLogger("benchmarks.profile_repeatability")
 HERE = Path(__file__).resolve().parent
 GOAL_WITHIN_10, GOAL_WITHIN_5 = 0.95, 0.85
-DSA_RESULTS = ["benchmarks/results/latency_budget.json", "benchmarks/results/equal_latency/arch/*.json"]
 
 
 def profile_once(model_name: str, backend: str, folder: Path) -> tuple[LatencyTable, float]:

@@ -152,3 +152,18 @@ def host_record() -> dict[str, str]:
     """This host as every result file records it: the CPU's name and its fingerprint (which tells apart hosts
     that share a name)."""
     return {"cpu": cpu_description(), "fingerprint": fingerprint_id(cpu_fingerprint())}
+
+
+def table_models(tables: Sequence[Path], models: Sequence[str]) -> list[tuple[Path, str]]:
+    """(table, model) for every model of `models` each table was profiled for (every model for a table that does not
+    record its networks), so that one run can cover several per-model tables (the cache holds one per model)."""
+    from hwdsa.lut.table import LatencyTable
+
+    pairs = []
+    for path in tables:
+        profiled = LatencyTable.read(path).meta.networks
+        chosen = [m for m in models if not profiled or m in profiled]
+        if not chosen:
+            raise SystemExit(f"{path} was profiled for {', '.join(profiled)}, none of --models {' '.join(models)}")
+        pairs += [(path, m) for m in chosen]
+    return pairs

@@ -760,6 +760,61 @@ def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list
     return out
 
 
+#: The rows hwdsa's row must beat at the headline target, and those it must beat with the interval above zero.
+COMPETITORS = ("uniform", "torch_pruning", "dsa_flops")
+MUST_BEAT_SIGNIFICANTLY = ("torch_pruning", "dsa_flops")
+HEADLINE_TARGET = 0.5
+#: The issue's goal at the loosest target: hwdsa's row within this many points of dense.
+NEAR_DENSE_TARGET, NEAR_DENSE_PT = 0.7, 1.0
+
+
+def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
+    """The issue's goals, each met or missed, said plainly from the rows (the latest host's timing)."""
+    lines = ["## Against the goal", ""]
+    at = {r["method"]: r for r in rows if r["target"] == HEADLINE_TARGET}
+    ours = next((r for r in at.values() if r["hwdsa_row"]), None)
+    if ours is None:
+        return lines + [f"hwdsa's row has not finished at T = {HEADLINE_TARGET:.0%}."]
+    host = next((k.split("@")[1] for k in reversed(list(ours)) if k.startswith("over_target@")), None)
+    if host is not None:
+        over = {m: r[f"over_target@{host}"] for m, r in at.items() if f"over_target@{host}" in r and m not in CONTROLS}
+        worst = max(over, key=over.__getitem__)
+        ok = over[worst] <= GOAL_TOLERANCE
+        lines.append(f"- Every pruned row at most {GOAL_TOLERANCE} T at {HEADLINE_TARGET:.0%} (timed on `{host}`): "
+                     f"{'met' if ok else 'missed'} (highest: {worst}, {over[worst]:.3f} T).")  # fmt: skip
+    for m in COMPETITORS:
+        r = at.get(m)
+        if r is None or "diff_to_hwdsa" not in r:
+            lines.append(f"- hwdsa ahead of `{m}`: not run.")
+            continue
+        mean, lo, hi = r["diff_to_hwdsa"]
+        ahead = mean < 0
+        significant = hi < 0
+        need = m in MUST_BEAT_SIGNIFICANTLY
+        met = ahead and (significant or not need)
+        lines.append(
+            f"- hwdsa ahead of `{m}`{' with the interval above zero' if need else ''}: {'met' if met else 'missed'} "
+            f"(hwdsa minus {m}: {-mean * 100:+.2f} pt, 95% CI {-hi * 100:+.2f} to {-lo * 100:+.2f}, {r['pairs']} seeds)."
+        )
+    near = next((r for r in rows if r["target"] == NEAR_DENSE_TARGET and r["hwdsa_row"]), None)
+    dense = runs[0].get("dense_accuracy")
+    if near is not None and dense:
+        gap = 100 * (dense - near["top1_mean"])
+        lines.append(f"- hwdsa within {NEAR_DENSE_PT:.0f} pt of dense at {NEAR_DENSE_TARGET:.0%}: "
+                     f"{'met' if gap <= NEAR_DENSE_PT else 'missed'} ({gap:.2f} pt below, {near['seeds']} seed(s)).")  # fmt: skip
+    # What the controls separate: the allocation (same one-shot training) and the method's training while it prunes.
+    one_shot = {CONTROLS[c]: at[c]["top1_mean"] for c in CONTROLS if c in at}
+    if len(one_shot) == len(CONTROLS) and "uniform" in at:
+        lines.append(
+            "- Allocation alone, every row cut from the dense model in one shot and fine-tuned for all the epochs: "
+            + ", ".join(f"{m}'s channels {acc:.2%}" for m, acc in one_shot.items())
+            + f", uniform {at['uniform']['top1_mean']:.2%}. Training while pruning adds "
+            + ", ".join(f"{100 * (at[m]['top1_mean'] - acc):+.2f} pt to {m}" for m, acc in one_shot.items() if m in at)
+            + "."
+        )
+    return lines
+
+
 def write_report(out_root: Path) -> None:
     out = out_root / "equal_latency"
     runs, timings = load_rows(out)
@@ -813,6 +868,7 @@ def write_report(out_root: Path) -> None:
                 ratio = [t["ms"][timed_as(mine[k])] / t["ms"][timed_as(theirs[k])] for k in seeds]
                 text += f"; measured latency, {row_name} over {source} per seed: " + ", ".join(f"{x:.3f}" for x in ratio)
             lines += ["", text + "."]
+    lines += ["", *verdict(rows, runs)]
     tp = [r for r in rows if r["method"] == "torch_pruning"]
     us = [r for r in rows if r["hwdsa_row"]]
     for a in tp:

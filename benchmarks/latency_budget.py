@@ -48,7 +48,7 @@ from hwdsa.profilers.base import TimingProtocol
 from hwdsa.training import TrainConfig
 
 from _command import portable_args, portable_path
-from _runs import host_record
+from _runs import host_record, table_models
 from _plots import pyplot, save_figure
 
 _log = logging.getLogger("benchmarks.latency_budget")
@@ -265,15 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         work = out_dir(args) / ".latency_budget"  # the refitted tables, for the timing phase
         work.mkdir(exist_ok=True)
-        for t in tables:
-            for m in args.models:
-                if args.shipped_calibration:
-                    table, info = LatencyTable.read(t), {"calibration": "shipped"}
-                else:
-                    table, info = recalibrate(t, m, args)  # right before its searches, as a user would
-                calibrated = table.write(work / f"{t.stem}-{m}.csv")
-                for f in args.budgets:
-                    rows.append({**search_one(t, table, info, m, f, splits, args), "calibrated_table": str(calibrated)})
+        for t, m in table_models(tables, args.models):
+            if args.shipped_calibration:
+                table, info = LatencyTable.read(t), {"calibration": "shipped"}
+            else:
+                table, info = recalibrate(t, m, args)  # right before its searches, as a user would
+            calibrated = table.write(work / f"{t.stem}-{m}.csv")
+            for f in args.budgets:
+                rows.append({**search_one(t, table, info, m, f, splits, args), "calibrated_table": str(calibrated)})
         write_json_atomic(searched, rows)  # the searches are the slow part: keep them for --resume-searched
     if args.search_only:
         return 0

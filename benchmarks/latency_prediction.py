@@ -34,7 +34,7 @@ import numpy as np
 from hwdsa._io import write_json_atomic, write_text_atomic
 from hwdsa.costs import FlopsCost
 from hwdsa.graph import trace_channel_graph
-from hwdsa.lut.calibrate import fit_calibration
+from hwdsa.lut.calibrate import Calibration, fit_calibration
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import paddings_from_model
 from hwdsa.lut.network import backend_for_table, calibration_networks, independent_channels, measure_pruned, random_channels
@@ -44,6 +44,7 @@ from hwdsa.profilers.base import TimingProtocol
 
 from _command import portable_args
 from _plots import pyplot, save_figure
+from _runs import table_models
 
 _log = logging.getLogger("benchmarks.latency_prediction")
 
@@ -168,7 +169,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     refitted = cost.with_calibration(fresh)
     all_predicted = np.array([refitted.exact(ch) for ch in test_nets + off_nets])
     all_predicted_shipped = np.array([cost.exact(ch) for ch in test_nets + off_nets])
-    plain = cost.with_calibration(fit_calibration(cost, cal_pairs, spill=False))
+    plain = cost.with_calibration(fit_calibration(cost, cal_pairs, spill=False, footprint=False, stream=False))
     predicted_plain = np.array([plain.exact(ch) for ch in test_nets])
     uniform = cost.with_calibration(fit_calibration(cost, uniform_pairs))
     predicted_uniform = np.array([uniform.exact(ch) for ch in test_nets])
@@ -262,11 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries, rows = [], []
-    for path in tables:
-        for model in args.models:
-            s, r = run_one(path, model, args)
-            summaries.append(s)
-            rows.extend(r)
+    for path, model in table_models(tables, args.models):
+        s, r = run_one(path, model, args)
+        summaries.append(s)
+        rows.extend(r)
     by_backend: dict[str, Any] = {}
     for label in dict.fromkeys(s["backend"] for s in summaries):
         sel = [r for r in rows if r["backend"] == label]
@@ -320,8 +320,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"table's calibration is refitted on {args.calibration_networks} other networks (dense + random, seed 0, widths drawn "
         "log-uniformly as `hwdsa fit` draws them) timed in the same interleaved rounds as the test networks, as a user runs "
         "`hwdsa fit` before pruning: the latency level of this shared VM moves between sessions. *shipped calibration* is "
-        "the one stored in the table, fitted earlier; *no spill step* is the refitted calibration without a step for "
-        "networks whose weights outgrow the core's cache (a √footprint term may remain); *uniform draw* is the calibration fitted on as many networks drawn "
+        "the one stored in the table, fitted earlier; *no footprint term* is the refitted calibration without any "
+        "term of the network's weight footprint (spill step, √footprint or stream beyond a capacity); *uniform draw* is the calibration fitted on as many networks drawn "
         "as `hwdsa fit` drew them before (overall width U(0.1, 1), few small footprints), timed in the same rounds. "
         f"Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
         f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle). *Measured* is "
@@ -332,7 +332,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "width-first draws rarely give) and *DSA-produced* (every network DSA searched, verified or timed as a candidate for "
         "this model on this backend in `latency_budget.json` and the equal-latency benchmark). Goal: >= 95% within ±10% and >= 85% within ±5% on each set.",
         "",
-        "| backend | networks | cost model ±5% | ±10% | MAPE | max | ±10% at >= 20% of dense (networks) | no spill step ±10% "
+        "| backend | networks | cost model ±5% | ±10% | MAPE | max | ±10% at >= 20% of dense (networks) | no footprint term ±10% "
         "| uniform draw ±10% | shipped calibration ±10% | FLOPs proxy ±10% | MAPE | repeatability ±10% | MAPE | goal |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -349,7 +349,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "Per model:",
         "",
-        "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no spill ±10% "
+        "| backend | model | calibration | dense measured ms | dense predicted ms | cost ±5% | ±10% | MAPE | no footprint ±10% "
         "| uniform draw ±10% | shipped cal. ±10% | FLOPs ±10% | repeat ±10% | off the lattice ±10% "
         "| independent groups ±5% / ±10% / max | DSA-produced ±5% / ±10% / max |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -357,14 +357,8 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     for s in result["per_model"]:
         c, sc, f, r = s["cost_model"], s["cost_model_shipped_calibration"], s["flops_proxy"], s["repeatability"]
         off = s.get("off_lattice")
-        fit = s["calibration"]
-        floor = "" if fit.get("weight_bandwidth_gbps") is None else f", floor at {fit['weight_bandwidth_gbps']:.3g} GB/s"
-        if fit.get("spill_ms", 0.0) > 0:
-            floor += f", +{fit['spill_ms']:.3g} ms above {fit['spill_above_mb']:.3g} MB"
-        if fit.get("footprint_ms", 0.0) > 0:
-            floor += f", +{fit['footprint_ms']:.3g} ms x sqrt(MB)"
         lines.append(
-            f"| {s['backend']} | {s['model']} | {fit['scale']:.3g} x sum {fit['offset_ms']:+.3g} ms{floor} | "
+            f"| {s['backend']} | {s['model']} | {Calibration.from_json(s['calibration']).describe()} | "
             f"{s['dense_measured_ms']:.3f} | {s['dense_predicted_ms']:.3f} | "
             f"{_pct(c['within_5'])} | {_pct(c['within_10'])} | {100 * c['mape']:.1f}% | "
             f"{_pct(s['cost_model_without_spill']['within_10'])} | {_pct(s['cost_model_uniform_draw']['within_10'])} | "

@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
             spill_ms=cal.spill_ms,
             spill_above_mb=cal.spill_above_mb,
             footprint_ms=cal.footprint_ms,
+            stream_ms_per_mb=cal.stream_ms_per_mb,
+            stream_above_mb=cal.stream_above_mb,
             scale=cal.scale,
             offset_ms=cal.offset_ms,
             rmse_ms=cal.rmse_ms,

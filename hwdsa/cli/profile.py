@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "backend": table.meta.backend,
         "precision": table.meta.precision,
         "batch_size": table.meta.batch_size,
-        "networks": sorted(table.meta.extra.get("networks", {})),
+        "networks": table.meta.networks,
     }
     if args.json:
         print(json.dumps(summary, indent=2))

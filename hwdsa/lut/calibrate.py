@@ -12,7 +12,11 @@ predict, those under 2 MB did not): the fit may add a step, ``+ spill_ms`` once 
 capacity it chooses. Or, where the footprint's cost grows gradually rather than at one capacity, a term
 ``+ footprint_ms · √(Σ_l W_l)``: continuous, so a network just under a step's capacity is not priced a whole
 step faster than one just over it (on the AMD EPYC host a step at 0.25 MB priced ResNet-20 prunings that
-crossed it 0.01 ms, 5-10%, too fast; `benchmarks/sublattice_cost.py`). The fit is stored in the
+crossed it 0.01 ms, 5-10%, too fast; `benchmarks/sublattice_cost.py`). Or, where the weights outgrow the
+last-level cache, ``+ stream_ms_per_mb · max(0, Σ_l W_l − stream_above_mb)``: the weights the cache cannot
+hold stream from memory on every run, at the memory's bandwidth (on the AMD EPYC host, ONNX Runtime VGG-16
+networks above about 16 MB ran 0.03-0.04 ms slower per further MB, 27-34 GB/s, than their layers predict, up to
+1.6 ms on the dense network's 59 MB). The fit is stored in the
 table's metadata (``"calibration"``, one entry per network, with the dense network's measured
 latency), so the table file carries everything its cost model needs.
 """
@@ -40,8 +44,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 CalibrationMethod = Literal["huber", "linear"]
-#: A footprint term `fit_calibration` tries: a spill step at a capacity (MB), "sqrt" (√MB of weights), or none.
-Term = float | Literal["sqrt"] | None
+#: A footprint term `fit_calibration` tries: a spill step at a capacity (MB), "sqrt" (√MB of weights), the MB
+#: beyond a capacity (("stream", MB)), or none.
+Term = float | Literal["sqrt"] | tuple[Literal["stream"], float] | None
 #: The regressions `fit_calibration` offers (`hwdsa fit --method`).
 CALIBRATION_METHODS: tuple[str, ...] = get_args(CalibrationMethod)
 
@@ -69,8 +74,8 @@ def graph_signature(graph: ChannelGraph) -> str:
 
 @dataclass(frozen=True)
 class Calibration:
-    """``latency_ms = scale · layer_sum_ms + offset_ms (+ spill_ms) (+ footprint_ms · √weights_mb)`` for one network
-    on the table's device.
+    """``latency_ms = scale · layer_sum_ms + offset_ms (+ spill_ms) (+ footprint_ms · √weights_mb)
+    (+ stream_ms_per_mb · max(0, weights_mb − stream_above_mb))`` for one network on the table's device.
 
     With `weight_bandwidth_gbps` the layer sum is Σ_l max(T_l, W_l / bandwidth): the network streams
     each layer's weights W_l from beyond the core's caches, which a layer timed alone does not (see
@@ -99,6 +104,9 @@ class Calibration:
     spill_above_mb: float | None = None
     footprint_ms: float = 0.0
     """ms per √MB of the network's weights: a cost of the weight footprint that grows gradually (0: none)."""
+    stream_ms_per_mb: float = 0.0
+    """ms per MB of weights beyond `stream_above_mb`: what the caches cannot hold streams from memory (0: none)."""
+    stream_above_mb: float | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and self.scale > 0):
@@ -122,6 +130,16 @@ class Calibration:
             )
         if not (math.isfinite(self.footprint_ms) and self.footprint_ms >= 0):
             raise TableError(f"a calibration's footprint_ms must be >= 0 ms per sqrt(MB); got {self.footprint_ms}")
+        beyond = self.stream_above_mb
+        if beyond is not None and not (math.isfinite(beyond) and beyond >= 0):
+            raise TableError(f"a calibration's stream_above_mb must be >= 0 MB or null; got {beyond}")
+        if not (math.isfinite(self.stream_ms_per_mb) and self.stream_ms_per_mb >= 0) or (
+            self.stream_ms_per_mb > 0 and beyond is None
+        ):
+            raise TableError(
+                f"a calibration's stream_ms_per_mb must be >= 0 ms per MB, and needs stream_above_mb when > 0; got "
+                f"{self.stream_ms_per_mb} above {beyond}"
+            )
         object.__setattr__(self, "residuals_ms", tuple(float(r) for r in self.residuals_ms))
 
     @property
@@ -129,9 +147,20 @@ class Calibration:
         return self.spill_above_mb is not None and self.spill_ms > 0
 
     @property
+    def streams(self) -> bool:
+        """Whether networks with weights beyond `stream_above_mb` pay `stream_ms_per_mb` for each further MB."""
+        return self.stream_above_mb is not None and self.stream_ms_per_mb > 0
+
+    @property
     def reads_weights(self) -> bool:
-        """Whether the fit prices the weight footprint (a spill step or a footprint term): `apply` needs it."""
-        return self.has_spill or self.footprint_ms > 0
+        """Whether the fit prices the weight footprint (a spill step, a footprint or a stream term): `apply` needs it."""
+        return self.has_spill or self.footprint_ms > 0 or self.streams
+
+    def footprint_cost_ms(self, weights_mb: float) -> float:
+        """What the fit adds for a network with `weights_mb` of weights: its spill step, footprint and stream terms."""
+        spill = self.spill_ms if self.spills(weights_mb) else 0.0
+        beyond = max(weights_mb - float(self.stream_above_mb or 0.0), 0.0) if self.streams else 0.0
+        return spill + self.footprint_ms * math.sqrt(max(weights_mb, 0.0)) + self.stream_ms_per_mb * beyond
 
     def spills(self, weights_mb: float) -> bool:
         """Whether a network with `weights_mb` of weights pays `spill_ms`."""
@@ -145,15 +174,18 @@ class Calibration:
             if self.reads_weights:
                 raise ConfigError("this calibration prices the weight footprint: pass the network's weights_mb")
             return self.scale * layer_sum_ms + self.offset_ms
-        spill = self.spill_ms if self.spills(weights_mb) else 0.0
-        return self.scale * layer_sum_ms + self.offset_ms + spill + self.footprint_ms * math.sqrt(max(weights_mb, 0.0))
+        return self.scale * layer_sum_ms + self.offset_ms + self.footprint_cost_ms(weights_mb)
 
     def describe(self) -> str:
         """The fit in one line, for messages."""
         floor = "" if self.weight_bandwidth_gbps is None else f", weights streamed at {self.weight_bandwidth_gbps:.3g} GB/s"
         spill = f", +{self.spill_ms:.3g} ms above {self.spill_above_mb:.3g} MB of weights" if self.has_spill else ""
         footprint = f", +{self.footprint_ms:.3g} ms x sqrt(MB of weights)" if self.footprint_ms > 0 else ""
-        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}{spill}{footprint}"
+        stream = (
+            f", +{self.stream_ms_per_mb:.3g} ms per MB of weights beyond {self.stream_above_mb:.3g} MB "
+            f"({1 / self.stream_ms_per_mb:.3g} GB/s)" if self.streams else ""
+        )  # fmt: skip
+        return f"{self.scale:.4g} x layer sum {self.offset_ms:+.4g} ms{floor}{spill}{footprint}{stream}"
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -179,6 +211,8 @@ class Calibration:
                 spill_ms=float(obj.get("spill_ms", 0.0)),
                 spill_above_mb=None if obj.get("spill_above_mb") is None else float(obj["spill_above_mb"]),
                 footprint_ms=float(obj.get("footprint_ms", 0.0)),
+                stream_ms_per_mb=float(obj.get("stream_ms_per_mb", 0.0)),
+                stream_above_mb=None if obj.get("stream_above_mb") is None else float(obj["stream_above_mb"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TableError(
@@ -193,9 +227,13 @@ MIN_PAIRS_FOR_WEIGHT_FLOOR = 8
 #: Weight footprints (MB) `fit_calibration` tries as the capacity above which a network pays `spill_ms`:
 #: the L2 of a small core to a server's L3 share.
 SPILL_CAPACITIES_MB: tuple[float, ...] = tuple(float(c) for c in np.geomspace(0.25, 64.0, 17))
-#: A spill step is fitted only with at least this many calibration networks on each side of its capacity.
+#: Capacities (MB) `fit_calibration` tries for the stream term: finer than the step's, since its capacity moves the
+#: price of every network beyond it (on the AMD EPYC host's VGG-16, 13.5 MB instead of 16 MB moved 5% of the held-out
+#: networks across ±5%).
+STREAM_CAPACITIES_MB: tuple[float, ...] = tuple(float(c) for c in np.geomspace(0.25, 64.0, 33))
+#: A spill step or stream term is fitted only with at least this many calibration networks on each side of its capacity.
 MIN_PAIRS_PER_SIDE_FOR_SPILL = 4
-#: Each extra term of the fit (floor, spill step or footprint) must cut the relative RMS error by this factor to be kept.
+#: Each extra term of the fit (floor, spill step, footprint or stream) must cut the relative RMS error by this factor to be kept.
 EARN_ITS_PLACE = 0.98
 
 
@@ -210,6 +248,8 @@ def fit_calibration(
     spill: bool = True,
     spill_capacities_mb: Sequence[float] = SPILL_CAPACITIES_MB,
     footprint: bool = True,
+    stream: bool = True,
+    stream_capacities_mb: Sequence[float] = STREAM_CAPACITIES_MB,
 ) -> Calibration:
     """Fit ``measured_ms ≈ scale · Σ_l T_l(channels) + offset_ms`` over end-to-end measurements.
 
@@ -237,6 +277,9 @@ def fit_calibration(
         footprint: also try ``+ footprint_ms · √(Σ_l W_l)`` in place of a step (with at least
             `MIN_PAIRS_FOR_WEIGHT_FLOOR` pairs). Of the step and this term, the one with the smaller
             leave-one-out error is kept, under the same two conditions as the step.
+        stream: also try ``+ stream_ms_per_mb · max(0, Σ_l W_l − capacity)`` for every capacity of
+            `stream_capacities_mb` with enough networks on each side, in the same competition as the step and
+            the footprint term.
 
     Raises:
         ConfigError: too few pairs, or a non-positive measured latency.
@@ -250,8 +293,9 @@ def fit_calibration(
             f"calibration needs at least {need} (channels, measured ms) pairs; got {len(pairs)}: measure a few "
             "randomly pruned networks end to end"
         )
-    if any(not (math.isfinite(c) and c > 0) for c in spill_capacities_mb):
-        raise ConfigError(f"spill capacities must be positive MB; got {list(spill_capacities_mb)}")
+    for kind, capacities in (("spill", spill_capacities_mb), ("stream", stream_capacities_mb)):
+        if any(not (math.isfinite(c) and c > 0) for c in capacities):
+            raise ConfigError(f"{kind} capacities must be positive MB; got {list(capacities)}")
     if anchor is not None and not (fit_offset and 0 <= anchor < len(pairs)):
         raise ConfigError(f"anchor must index one of the {len(pairs)} pairs and needs fit_offset; got {anchor}")
     y = np.array([float(ms) for _, ms in pairs], dtype=np.float64)
@@ -281,6 +325,8 @@ def fit_calibration(
             step_all = None
         elif term == "sqrt":
             step_all = np.sqrt(footprints)
+        elif isinstance(term, tuple):
+            step_all = np.maximum(footprints - term[1], 0.0)
         else:
             step_all = (footprints > term).astype(np.float64)
         sel = np.ones(len(y), dtype=bool) if keep is None else keep
@@ -310,7 +356,8 @@ def fit_calibration(
         rel_rms = float(np.sqrt(np.mean((fitted[sel] / y[sel] - 1.0) ** 2)))
         per_step = coef if cap is not None else 0.0
         per_sqrt_mb = coef if term == "sqrt" else 0.0
-        return _Fit(rel_rms, bw, term, scale, offset, per_step, per_sqrt_mb, fitted)
+        per_mb_beyond = coef if isinstance(term, tuple) else 0.0
+        return _Fit(rel_rms, bw, term, scale, offset, per_step, per_sqrt_mb, per_mb_beyond, fitted)
 
     footprints = np.array([cost.weights_mb(ch) for ch, _ in pairs], dtype=np.float64)
     plain = fit(None, None)
@@ -319,14 +366,20 @@ def fit_calibration(
     # each extra term has to earn its place: EARN_ITS_PLACE less relative error than the fit without it
     chosen = min(floors, key=lambda f: f.rel_rms, default=plain)
     chosen = chosen if chosen.rel_rms < EARN_ITS_PLACE * plain.rel_rms else plain
-    caps = [
-        float(c) for c in spill_capacities_mb
-        if min(int(np.sum(footprints > c)), int(np.sum(footprints <= c))) >= MIN_PAIRS_PER_SIDE_FOR_SPILL
-    ] if spill else []  # fmt: skip
-    spills = [f for f in (fit(bw, c) for bw in dict.fromkeys((None, chosen.bandwidth)) for c in caps) if f is not None]
+    def both_sides(capacities: Sequence[float]) -> list[float]:
+        return [
+            float(c) for c in capacities
+            if min(int(np.sum(footprints > c)), int(np.sum(footprints <= c))) >= MIN_PAIRS_PER_SIDE_FOR_SPILL
+        ]  # fmt: skip
+
+    floors_tried = dict.fromkeys((None, chosen.bandwidth))
+    spills = [f for f in (fit(bw, c) for bw in floors_tried for c in both_sides(spill_capacities_mb) if spill) if f is not None]
     terms = [min(spills, key=lambda f: f.rel_rms)] if spills else []
+    if stream:
+        beyond = [f for f in (fit(bw, ("stream", c)) for bw in floors_tried for c in both_sides(stream_capacities_mb)) if f is not None]
+        terms += [min(beyond, key=lambda f: f.rel_rms)] if beyond else []
     if footprint and len(pairs) >= MIN_PAIRS_FOR_WEIGHT_FLOOR:
-        terms += [f for f in (fit(bw, "sqrt") for bw in dict.fromkeys((None, chosen.bandwidth))) if f is not None]
+        terms += [f for f in (fit(bw, "sqrt") for bw in floors_tried) if f is not None]
     # A footprint term fits noise easily (a step has two parameters: where and how much): it must also
     # predict the networks it was not fitted on better, in leave-one-out, than the fit without it; of
     # those that do, the one that predicts them best is kept.
@@ -356,6 +409,8 @@ def fit_calibration(
         spill_ms=chosen.spill_ms,
         spill_above_mb=chosen.term if isinstance(chosen.term, float) and chosen.spill_ms > 0 else None,
         footprint_ms=chosen.footprint_ms,
+        stream_ms_per_mb=chosen.stream_ms_per_mb,
+        stream_above_mb=chosen.term[1] if isinstance(chosen.term, tuple) and chosen.stream_ms_per_mb > 0 else None,
     )
     _log.info(
         "calibration: latency ≈ %s over %d networks (rmse %.3g ms, max rel. error %.1f%%)",
@@ -374,7 +429,7 @@ def _regress(
     step: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """Fit y ≈ scale·x (+ offset) (+ c·step) minimising the residuals relative to `relative_to` (default y);
-    `step` is the footprint term's column (a step's 0/1, or √MB)."""
+    `step` is the footprint term's column (a step's 0/1, √MB, or the MB beyond a capacity)."""
     from sklearn.linear_model import HuberRegressor, LinearRegression
 
     r = y if relative_to is None else relative_to
@@ -424,6 +479,7 @@ class _Fit:
     offset_ms: float
     spill_ms: float
     footprint_ms: float
+    stream_ms_per_mb: float
     fitted: np.ndarray
 
 

@@ -17,7 +17,8 @@ counts with the true table values. A calibration with a weight bandwidth floors 
 the time the layer's weights take to stream (`hwdsa.lut.fit.with_weight_floor`) before anything else;
 one with a spill step adds `spill_ms` where the network's (expected) weight footprint exceeds its
 capacity: a step without a gradient, which keeps the cost non-decreasing, as a staircase does; one with
-a footprint term adds `footprint_ms` times the square root of the expected footprint, with its gradient. A
+a footprint term adds `footprint_ms` times the square root of the expected footprint, and a stream term
+`stream_ms_per_mb` for every expected MB beyond its capacity, both with their gradient. A
 layer's input count (a sum over concatenated groups, with variances added) and output count are
 taken as independent, which they are unless one group feeds
 both sides through a concatenation; a layer whose input and output are one and the same group (a
@@ -351,8 +352,12 @@ class LatencyCost:
             if cal.has_spill and float(self._expected_weights_mb(buf, alpha.detach())) > float(cal.spill_above_mb or 0.0):
                 # a step, as `exact` prices it: no gradient of its own, and the cost stays non-decreasing
                 total = total + cal.spill_ms
-            if cal.footprint_ms > 0:  # continuous and increasing in every count: it keeps its gradient (finite at 0)
-                total = total + cal.footprint_ms * self._expected_weights_mb(buf, alpha).clamp_min(1e-9).sqrt()
+            if cal.footprint_ms > 0 or cal.streams:  # continuous and increasing in every count: they keep their gradient
+                weights = self._expected_weights_mb(buf, alpha)
+                if cal.footprint_ms > 0:  # (finite at 0)
+                    total = total + cal.footprint_ms * weights.clamp_min(1e-9).sqrt()
+                if cal.streams:  # (zero below the capacity, where the caches hold every weight)
+                    total = total + cal.stream_ms_per_mb * (weights - float(cal.stream_above_mb or 0.0)).clamp_min(0.0)
         return total.to(keep_ratios.dtype if keep_ratios.is_floating_point() else torch.float64)
 
     forward = __call__

@@ -149,6 +149,14 @@ class TableMeta:
         return value
 
     @property
+    def networks(self) -> list[str]:
+        """The models whose layers the table was profiled for (``"networks"``; empty for a table without the record)."""
+        value = self.extra.get("networks", {})
+        if not isinstance(value, Mapping):
+            raise TableError(f"table metadata: 'networks' must map model names to their profiling; got {value!r}")
+        return sorted(value)
+
+    @property
     def fingerprint_id(self) -> str | None:
         """The id of `fingerprint` (`hwdsa.profilers.device.fingerprint_id`), or None for a table without one."""
         return None if self.fingerprint is None else fingerprint_id(self.fingerprint)

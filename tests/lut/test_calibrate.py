@@ -231,6 +231,42 @@ def test_a_footprint_term_is_found_where_latency_grows_with_the_square_root_of_t
         Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", footprint_ms=-0.1)
 
 
+def test_a_stream_term_is_found_where_the_weights_beyond_a_capacity_cost_time_per_mb() -> None:
+    """Weights beyond the cache stream from memory: a cost linear in the MB over a capacity, fitted with its capacity,
+    priced by `exact` and by the differentiable cost with its gradient (zero below the capacity)."""
+    _, cost = _setup()
+    pairs = _pairs(cost, 24, seed=11)
+    footprints = sorted(cost.weights_mb(c) for c, _ in pairs)
+    tried = [float(c) for c in np.geomspace(footprints[0], footprints[-1], 9)]  # this toy network's KB, not MB
+    capacity = next(c for c in tried if sum(f > c for f in footprints) <= 14)
+    per_mb = 0.5 * SCALE * cost.layer_sum_ms(pairs[0][0]) / (footprints[-1] - capacity)
+    streamed = [(c, ms + per_mb * max(cost.weights_mb(c) - capacity, 0.0)) for c, ms in pairs]
+    cal = fit_calibration(cost, streamed, stream_capacities_mb=tried)
+    assert cal.streams and not cal.has_spill and cal.footprint_ms == 0.0
+    assert cal.stream_above_mb == capacity and cal.stream_ms_per_mb == pytest.approx(per_mb, rel=1e-3)
+    assert cal.scale == pytest.approx(SCALE, rel=1e-3) and max(abs(r) for r in cal.residuals_ms) < 1e-3
+    assert "per MB of weights beyond" in cal.describe() and Calibration.from_json(cal.to_json()) == cal
+    priced = cost.with_calibration(cal)
+    plain = cost.with_calibration(dataclasses.replace(cal, stream_ms_per_mb=0.0, stream_above_mb=None))
+    for c, ms in streamed[:8]:
+        assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
+        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
+        value = priced(alpha, std=0.0)
+        value.backward()
+        assert float(value.detach()) == pytest.approx(ms, rel=0.02)
+        alpha_plain = alpha.detach().clone().requires_grad_(True)
+        plain(alpha_plain, std=0.0).backward()
+        assert alpha.grad is not None and alpha_plain.grad is not None
+        beyond = cost.weights_mb(c) > capacity  # at whole counts and std 0 the expected footprint is the exact one
+        assert bool((alpha.grad > alpha_plain.grad).all()) == beyond, "the term prices a channel only beyond the capacity"
+    assert not fit_calibration(cost, pairs, stream_capacities_mb=tried).streams  # affine: the term does not earn its place
+    assert not fit_calibration(cost, streamed, stream=False, stream_capacities_mb=tried).streams
+    with pytest.raises(ConfigError, match="stream capacities must be positive"):
+        fit_calibration(cost, streamed, stream_capacities_mb=[-1.0])
+    with pytest.raises(TableError, match="needs stream_above_mb"):
+        Calibration(scale=1.0, offset_ms=0.0, graph_signature="x", stream_ms_per_mb=0.1)
+
+
 def test_refusals() -> None:
     table, cost = _setup()
     with pytest.raises(ConfigError, match="at least 3 .* pairs; got 2"):

@@ -267,6 +267,14 @@ class TestRefusals:
         with pytest.raises(TableError, match="'channel_multiple' must be a positive integer; got '8'"):
             LatencyTable.read(path)
 
+    def test_networks_name_the_models_a_table_was_profiled_for(self, tmp_path: Path) -> None:
+        assert _table(2).meta.networks == []  # a table without the record
+        profiled = {"vgg16": {"input_shape": [3, 32, 32]}, "resnet20": {"input_shape": [3, 32, 32]}}
+        path = _table(2).with_meta(extra={"networks": profiled}).write(tmp_path / "t.csv")
+        assert LatencyTable.read(path).meta.networks == ["resnet20", "vgg16"]
+        with pytest.raises(TableError, match="'networks' must map model names"):
+            _ = _table(2).with_meta(extra={"networks": ["resnet20"]}).meta.networks
+
 
 class TestLookup:
     def test_lookup_and_measurement(self) -> None:

@@ -802,16 +802,22 @@ def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]
         gap = 100 * (dense - near["top1_mean"])
         lines.append(f"- hwdsa within {NEAR_DENSE_PT:.0f} pt of dense at {NEAR_DENSE_TARGET:.0%}: "
                      f"{'met' if gap <= NEAR_DENSE_PT else 'missed'} ({gap:.2f} pt below, {near['seeds']} seed(s)).")  # fmt: skip
-    # What the controls separate: the allocation (same one-shot training) and the method's training while it prunes.
-    one_shot = {CONTROLS[c]: at[c]["top1_mean"] for c in CONTROLS if c in at}
-    if len(one_shot) == len(CONTROLS) and "uniform" in at:
-        lines.append(
-            "- Allocation alone, every row cut from the dense model in one shot and fine-tuned for all the epochs: "
-            + ", ".join(f"{m}'s channels {acc:.2%}" for m, acc in one_shot.items())
-            + f", uniform {at['uniform']['top1_mean']:.2%}. Training while pruning adds "
-            + ", ".join(f"{100 * (at[m]['top1_mean'] - acc):+.2f} pt to {m}" for m, acc in one_shot.items() if m in at)
-            + "."
-        )
+    # What the controls separate: the allocation (same one-shot training) and the method's training while it prunes,
+    # on the seeds a control and its source row share.
+    acc = {(r["target"], r["method"], r["seed"]): r["accuracy"] for r in runs}
+    for target in sorted({r["target"] for r in rows}):
+        parts = []
+        for control, source in CONTROLS.items():
+            seeds = sorted(k for t, m, k in acc if t == target and m == control and (target, source, k) in acc)
+            if seeds:
+                cut = statistics.mean(acc[target, control, k] for k in seeds)
+                gain = statistics.mean(acc[target, source, k] - acc[target, control, k] for k in seeds)
+                parts.append(f"{source}'s channels {cut:.2%} one-shot, {gain * 100:+.2f} pt from its own pruning ({len(seeds)} seed(s))")
+        if parts:
+            lines.append(
+                f"- At {target:.0%}, allocation alone (a row's channels cut from the dense model in one shot and fine-tuned "
+                "for all the epochs) against training while pruning: " + "; ".join(parts) + "."
+            )
     return lines
 
 

@@ -33,6 +33,15 @@ def _setup() -> tuple[LatencyTable, LatencyCost]:
     return table, LatencyCost.fit(table, graph)
 
 
+def _priced(cost: LatencyCost, channels: list[int]) -> tuple[float, torch.Tensor]:
+    """The differentiable cost at whole counts (std 0) and its gradient in the keep ratios."""
+    alpha = torch.tensor([k / n for k, n in zip(channels, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
+    value = cost(alpha, std=0.0)
+    value.backward()
+    assert alpha.grad is not None
+    return float(value.detach()), alpha.grad
+
+
 def _pairs(cost: LatencyCost, n: int, *, noise: float = 0.0, seed: int = 0) -> list[tuple[list[int], float]]:
     """End-to-end 'measurements' of randomly pruned networks that follow SCALE·sum + OFFSET_MS."""
     rng = np.random.default_rng(seed)
@@ -182,11 +191,9 @@ def test_a_spill_step_is_found_where_the_weights_outgrow_a_capacity_and_priced_e
     priced = cost.with_calibration(cal)
     for c, ms in stepped:  # exact, and the differentiable cost at the same counts (sigma 0), both pay the step
         assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
-        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
-        value = priced(alpha, std=0.0)
-        value.backward()
-        assert float(value.detach()) == pytest.approx(priced.exact(c), rel=0.02)
-        assert alpha.grad is not None and bool(torch.isfinite(alpha.grad).all()) and bool((alpha.grad >= 0).all())
+        value, grad = _priced(priced, c)
+        assert value == pytest.approx(priced.exact(c), rel=0.02)
+        assert bool(torch.isfinite(grad).all()) and bool((grad >= 0).all())
     with pytest.raises(ConfigError, match="pass the network's weights_mb"):
         cal.apply(1.0)
     assert not fit_calibration(cost, pairs, spill_capacities_mb=tried).has_spill  # affine: no step earns its place
@@ -211,17 +218,12 @@ def test_a_footprint_term_is_found_where_latency_grows_with_the_square_root_of_t
     assert cal.scale == pytest.approx(SCALE, rel=1e-3) and max(abs(r) for r in cal.residuals_ms) < 1e-3
     assert "sqrt(MB of weights)" in cal.describe() and Calibration.from_json(cal.to_json()) == cal
     priced = cost.with_calibration(cal)
+    plain = cost.with_calibration(dataclasses.replace(cal, footprint_ms=0.0))
     for c, ms in grown[:6]:
         assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
-        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
-        value = priced(alpha, std=0.0)
-        value.backward()
-        assert float(value.detach()) == pytest.approx(ms, rel=0.02)
-        plain = cost.with_calibration(dataclasses.replace(cal, footprint_ms=0.0))
-        alpha_plain = alpha.detach().clone().requires_grad_(True)
-        plain(alpha_plain, std=0.0).backward()
-        assert alpha.grad is not None and alpha_plain.grad is not None
-        assert bool((alpha.grad > alpha_plain.grad).all()), "the term's own slope adds to every group's price"
+        value, grad = _priced(priced, c)
+        assert value == pytest.approx(ms, rel=0.02)
+        assert bool((grad > _priced(plain, c)[1]).all()), "the term's own slope adds to every group's price"
     with pytest.raises(ConfigError, match="pass the network's weights_mb"):
         cal.apply(1.0)
     assert fit_calibration(cost, pairs).footprint_ms == 0.0  # affine: the term does not earn its place
@@ -250,15 +252,10 @@ def test_a_stream_term_is_found_where_the_weights_beyond_a_capacity_cost_time_pe
     plain = cost.with_calibration(dataclasses.replace(cal, stream_ms_per_mb=0.0, stream_above_mb=None))
     for c, ms in streamed[:8]:
         assert priced.exact(c) == pytest.approx(ms, rel=1e-6)
-        alpha = torch.tensor([k / n for k, n in zip(c, cost.group_sizes)], dtype=torch.float64, requires_grad=True)
-        value = priced(alpha, std=0.0)
-        value.backward()
-        assert float(value.detach()) == pytest.approx(ms, rel=0.02)
-        alpha_plain = alpha.detach().clone().requires_grad_(True)
-        plain(alpha_plain, std=0.0).backward()
-        assert alpha.grad is not None and alpha_plain.grad is not None
+        value, grad = _priced(priced, c)
+        assert value == pytest.approx(ms, rel=0.02)
         beyond = cost.weights_mb(c) > capacity  # at whole counts and std 0 the expected footprint is the exact one
-        assert bool((alpha.grad > alpha_plain.grad).all()) == beyond, "the term prices a channel only beyond the capacity"
+        assert bool((grad > _priced(plain, c)[1]).all()) == beyond, "the term prices a channel only beyond the capacity"
     assert not fit_calibration(cost, pairs, stream_capacities_mb=tried).streams  # affine: the term does not earn its place
     assert not fit_calibration(cost, streamed, stream=False, stream_capacities_mb=tried).streams
     with pytest.raises(ConfigError, match="stream capacities must be positive"):

@@ -23,6 +23,7 @@ from typing import Any
 
 from hwdsa._io import write_json_atomic
 from hwdsa.job import PruneJob, PruneJobConfig
+from hwdsa.lut.table import LatencyTable
 from hwdsa.profilers.device import cpu_description, cpu_fingerprint, fingerprint_id
 
 _log = logging.getLogger("benchmarks.runs")
@@ -157,8 +158,6 @@ def host_record() -> dict[str, str]:
 def table_models(tables: Sequence[Path], models: Sequence[str]) -> list[tuple[Path, str]]:
     """(table, model) for every model of `models` each table was profiled for (every model for a table that does not
     record its networks), so that one run can cover several per-model tables (the cache holds one per model)."""
-    from hwdsa.lut.table import LatencyTable
-
     pairs = []
     for path in tables:
         profiled = LatencyTable.read(path).meta.networks

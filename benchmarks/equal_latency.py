@@ -21,8 +21,9 @@ search epochs counted, and ends with the same fine-tuning):
   the per-user cache by the job itself); `dsa_latency_smooth`: the same with the expected-latency
   smoothing (`AdmmConfig.smooth_costs`); `dsa_latency_lattice`: smoothed, and no group under the backend's
   channel lattice (`--min-channels 8 --round-to 8`: under it ONNX Runtime adds layout reorders the per-layer
-  table does not see, and a channel saves less time than the table says). The variants are compared on held-out
-  images; the best one is hwdsa's row.
+  table does not see, and a channel saves less time than the table says); `dsa_latency_settle`: smoothed, and the
+  search's last epoch trains the network it chose under fixed masks (`--settle-fraction 0.2`) instead of random
+  ones. The variants are compared on held-out images; the best one is hwdsa's row.
 - Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
   counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
   uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
@@ -120,12 +121,16 @@ METHODS: dict[str, str] = {
     "dsa_latency_smooth": "DSA, latency budget, --verify-latency, expected-latency smoothing",
     "dsa_latency_lattice": "DSA, latency budget, --verify-latency, smoothing, no group under the 8-channel lattice "
     "(--min-channels 8 --round-to 8)",
+    "dsa_latency_settle": "DSA, latency budget, --verify-latency, smoothing, the search's last epoch trains the chosen "
+    "network under fixed masks (--settle-fraction 0.2)",
     "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
     "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
     "dsa_latency_matched": "diagnostic: the smoothed latency row with its budget at Torch-Pruning's measured latency "
     "(same seed), so that the two compare at the same latency",
 }
-LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice")
+LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice", "dsa_latency_settle")
+#: `dsa_latency_settle`'s `AdmmConfig.settle_fraction`: the last of the five search epochs.
+SETTLE_FRACTION = 0.2
 #: Controls, not competitors: another row's channel counts (same seed), cut from the dense model in one shot by
 #: BatchNorm |γ| as the uniform row is, and fine-tuned for every epoch the rows train. Against their source row
 #: they separate what an allocation is worth from how the method trained while it pruned.
@@ -512,10 +517,11 @@ def arch_dsa_flops(ctx: Context, target: float, seed: int, name: str, uniform_fl
 
 
 def arch_dsa_latency(
-    ctx: Context, target: float, seed: int, name: str, smooth: bool, lattice: bool, budget: float | None = None
+    ctx: Context, target: float, seed: int, name: str, smooth: bool, lattice: bool, budget: float | None = None, settle: float = 0.0
 ) -> dict[str, Any]:
     """hwdsa's row; `lattice`: no group under the backend's channel lattice, in the search and in its rounding;
-    `budget`: a latency fraction other than `target` (the matched diagnostic's)."""
+    `budget`: a latency fraction other than `target` (the matched diagnostic's); `settle`: the search's
+    `AdmmConfig.settle_fraction`."""
     t0 = time.perf_counter()
     floor = ctx.multiple if lattice else 1
     cfg = replace(
@@ -525,7 +531,7 @@ def arch_dsa_latency(
         budgets=(BudgetSpec("latency", fraction=target if budget is None else budget),),
         verify_latency=True,
         verify_margin=ctx.suite.margin,
-        admm=replace(AdmmConfig(), smooth_costs=smooth, min_channels=floor),
+        admm=replace(AdmmConfig(), smooth_costs=smooth, min_channels=floor, settle_fraction=settle),
         round_to=floor if lattice else None,
     )
     path, report = _job_pruned(ctx, cfg, name)
@@ -591,7 +597,8 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=True, lattice=False, budget=budget)
                     row["detail"].update(matched_to=source["name"], budget_fraction=budget)
                 else:
-                    row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice")
+                    settle = SETTLE_FRACTION if method == "dsa_latency_settle" else 0.0
+                    row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice", settle=settle)
                 # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
                 save_pruned(arch / f"{name}.pt", *load_pruned(row.pop("file")))
                 fr = ctx.fractions(row["channels"])

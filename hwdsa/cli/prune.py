@@ -65,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the fewest channels the search keeps in any group (with --round-to at least as large), e.g. 8, the CPU "
         "runtimes' channel lattice, below which a channel saves less time than it costs accuracy (default 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--settle-fraction", type=float,
+        help="the final fraction of the search that trains the weights of the chosen channels only, under fixed "
+        "masks (default 0: the search ends with random masks)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
@@ -116,8 +121,9 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
     }
     if budgets:
         changes["budgets"] = tuple(budgets)
-    if args.min_channels is not None:
-        changes["admm"] = replace(base.admm, min_channels=args.min_channels)
+    admm = {k: v for k, v in (("min_channels", args.min_channels), ("settle_fraction", args.settle_fraction)) if v is not None}
+    if admm:
+        changes["admm"] = replace(base.admm, **admm)
     for phase, epochs in (("pretrain", args.pretrain_epochs), ("search", args.search_epochs), ("finetune", args.finetune_epochs)):
         if epochs is not None:
             changes[phase] = replace(getattr(base, phase), epochs=epochs)

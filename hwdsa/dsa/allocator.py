@@ -76,6 +76,12 @@ class AdmmConfig:
         fill_budget: when the search ends below a budget (the task gradient of groups that matter little is
             mostly noise, so their ratios can drift down freely), scale every group's pruned fraction by one
             factor until a budget binds: an unused budget is accuracy given away.
+        settle_fraction: the final fraction of the search in which the ratios stop: the channels are fixed at
+            the feasible counts (rounded as the job will round them) and the weights train under deterministic
+            masks keeping each group's most important channels (fixed then too). Without it the search ends
+            with weights trained on a distribution of sub-networks (at β2's end, channels near a group's
+            threshold are still kept at random), not on the one that is kept; Torch-Pruning's iterative
+            pruning trains its final network between its last steps. 0 (off) is the authors' search.
     """
 
     rho: float = 10.0
@@ -93,6 +99,7 @@ class AdmmConfig:
     mask_leak: float = 1e-3
     mask_placement: MaskPlacement = "before_activation"
     smooth_costs: bool = True
+    settle_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.rho > 0:
@@ -107,6 +114,13 @@ class AdmmConfig:
             raise ConfigError(f"update_every must be >= 1; got {self.update_every}")
         if not 0 <= self.budget_warmup < 1:
             raise ConfigError(f"budget_warmup is a fraction of the search in [0, 1); got {self.budget_warmup}")
+        if not 0 <= self.settle_fraction < 1:
+            raise ConfigError(f"settle_fraction is a fraction of the search in [0, 1); got {self.settle_fraction}")
+        if self.settle_fraction > 1 - self.budget_warmup:
+            raise ConfigError(
+                f"settle_fraction {self.settle_fraction} would fix the channels before the budget warm-up "
+                f"({self.budget_warmup} of the search) reaches the budget: keep settle_fraction + budget_warmup <= 1"
+            )
         if not 0 <= self.mask_leak < 0.1:
             raise ConfigError(f"mask_leak is a small value in [0, 0.1) (e.g. 1e-3); got {self.mask_leak}")
         if self.mask_placement not in MASK_PLACEMENTS:

@@ -22,7 +22,8 @@ from hwdsa.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rn
 from hwdsa.channels import channels_within_budgets
 from hwdsa.costs import Budget
 from hwdsa.distributed import barrier, is_main_process, unwrap
-from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
+from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator, pad_importance
+from hwdsa.dsa.process import deterministic_masks
 from hwdsa.graph.structure import ChannelGraph
 from hwdsa.importance import group_importance
 from hwdsa.masking import ChannelMasks
@@ -52,12 +53,26 @@ class SearchResult:
     seconds: float
     weight_steps: int
     ratio_steps: int
+    settled_kept: list[Tensor] | None = None
 
     def to_plan(self, model: nn.Module, graph: ChannelGraph, *, importance: str = "first", **meta: Any) -> PruningPlan:
         """The `PruningPlan` that keeps `channels` in every group: the most important channels of the searched
-        `model` by `importance` (the search's `AdmmConfig.importance`); `meta` as `plan_from_channels` takes it
-        (model_name, num_classes, model_kwargs). Prune with `hwdsa.surgery.prune(model, graph, plan)`."""
-        return plan_from_channels(graph, group_importance(model, graph, mode=importance), self.channels, **meta)
+        `model` by `importance` (the search's `AdmmConfig.importance`), the settled network's first
+        (`rank_settled_first`); `meta` as `plan_from_channels` takes it (model_name, num_classes, model_kwargs).
+        Prune with `hwdsa.surgery.prune(model, graph, plan)`."""
+        ranking = rank_settled_first(group_importance(model, graph, mode=importance), self.settled_kept)
+        return plan_from_channels(graph, ranking, self.channels, **meta)
+
+
+def rank_settled_first(importance: Sequence[Tensor], settled_kept: Sequence[Tensor] | None) -> list[Tensor]:
+    """`importance` with the channels the settle phase kept (`AdmmConfig.settle_fraction`) ranked above every other
+    channel of their group: the weights were trained as that network, whatever the importances did meanwhile; a
+    group cut further (a latency check) loses its least important kept channels first."""
+    if settled_kept is None:
+        return list(importance)
+    if len(settled_kept) != len(importance):
+        raise ValueError(f"{len(settled_kept)} settled masks for {len(importance)} groups")
+    return [imp + kept.to(imp) * (2 * imp.abs().max() + 1) for imp, kept in zip(importance, settled_kept)]
 
 
 def _cycle(loader: Batches, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
@@ -76,9 +91,21 @@ class DsaSearch:
         budgets: the budgets to meet (one or several).
         config: search settings.
         device: where training runs.
+        rounding: how the caller turns the searched ratios into the counts it keeps (default
+            `hwdsa.channels.channels_within_budgets`; the job's rounding, and its check on the device): called once,
+            at the settle point (`AdmmConfig.settle_fraction`), so that the settle phase trains that network.
     """
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, budgets: Sequence[Budget], config: SearchConfig, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: ChannelGraph,
+        budgets: Sequence[Budget],
+        config: SearchConfig,
+        device: torch.device,
+        *,
+        rounding: Callable[[Tensor], list[int]] | None = None,
+    ) -> None:
         self.model = model
         self.inner = unwrap(model)
         self.graph = graph
@@ -92,6 +119,9 @@ class DsaSearch:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.weight_steps = 0
+        self.rounding = rounding or (lambda r: channels_within_budgets(r, self.allocator.budgets, graph.group_sizes))
+        # the settle phase's fixed ratios, channels and masks (AdmmConfig.settle_fraction); None before it
+        self.settled: dict[str, Any] | None = None
 
     def _importance(self) -> list[Tensor]:
         return [t.to(self.device) for t in group_importance(self.inner, self.graph, mode=self.config.admm.importance)]
@@ -105,6 +135,7 @@ class DsaSearch:
             "rng": rng_state(),
             "history": self.history,
             "weight_steps": self.weight_steps,
+            "settled": self.settled,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -115,6 +146,18 @@ class DsaSearch:
         set_rng_state(state["rng"])
         self.history = list(state["history"])
         self.weight_steps = int(state["weight_steps"])
+        self.settled = state.get("settled")
+
+    def _settle(self) -> None:
+        """Fix the channels at the feasible ratios' counts and mask the rest for the remainder of the search."""
+        ratios = self.allocator.feasible_ratios().detach()
+        channels = self.rounding(ratios)
+        imp, valid = pad_importance(self._importance())
+        keep = deterministic_masks(imp, valid, channels)
+        kept = [keep[g, :c].cpu() for g, c in enumerate(self.graph.group_sizes)]
+        self.settled = {"ratios": ratios.cpu(), "channels": list(channels), "kept": kept}
+        self.masker.set_masks([k.float() for k in kept])
+        _log.info("settled at %s channels: the rest of the search trains that network's weights", channels)
 
     def run(
         self,
@@ -149,23 +192,17 @@ class DsaSearch:
             for epoch in range(self.start_epoch, cfg.train.epochs):
                 set_epoch(train_loader, epoch)
                 holdout = _cycle(holdout_loader, epoch)
+                if self.settled is not None:  # resumed within the settle phase
+                    self.masker.set_masks([k.float() for k in self.settled["kept"]])
                 self.model.train()
                 loss_sum, n_seen = 0.0, 0
                 bar = tqdm(train_loader, desc=f"search {epoch + 1}/{cfg.train.epochs}", leave=False, disable=None if is_main_process() else True)
                 for i, (x, y) in enumerate(bar):
                     progress = (epoch * steps_per_epoch + i) / total_steps
-                    beta2 = self.allocator.beta2(progress)
-                    importance = self._importance()
-                    if i % cfg.admm.update_every == 0:
-                        xh, yh = next(holdout)
-                        self.masker.set_masks(self.allocator.masks(importance, beta2, self.generator))
-                        # The inner module, not the DDP wrapper: this backward reaches only the ratios.
-                        ratio_loss = loss_fn(self.inner(xh.to(self.device)), yh.to(self.device))
-                        self.allocator.ratio_step(ratio_loss)
-                        self.allocator.admm_update(progress)
-                    with torch.no_grad():
-                        masks = self.allocator.masks(importance, beta2, self.generator)
-                    self.masker.set_masks([m.detach() for m in masks])
+                    if self.settled is None and cfg.admm.settle_fraction > 0 and progress >= 1 - cfg.admm.settle_fraction:
+                        self._settle()
+                    if self.settled is None:
+                        self._ratio_and_mask_step(i, progress, holdout, loss_fn)
                     x, y = x.to(self.device), y.to(self.device)
                     loss = loss_fn(self.model(x), y)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -195,9 +232,12 @@ class DsaSearch:
                     on_epoch(record)
         finally:
             self.masker.remove()
-        ratios = self.allocator.feasible_ratios()
         budgets = self.allocator.budgets
-        channels = channels_within_budgets(ratios, budgets, self.graph.group_sizes)
+        if self.settled is not None:
+            ratios, channels = self.settled["ratios"], list(self.settled["channels"])
+        else:
+            ratios = self.allocator.feasible_ratios()
+            channels = channels_within_budgets(ratios, budgets, self.graph.group_sizes)
         return SearchResult(
             keep_ratios=[float(r) for r in ratios.cpu()],
             channels=channels,
@@ -206,7 +246,23 @@ class DsaSearch:
             seconds=time.perf_counter() - started,
             weight_steps=self.weight_steps,
             ratio_steps=self.allocator.steps,
+            settled_kept=None if self.settled is None else list(self.settled["kept"]),
         )
+
+    def _ratio_and_mask_step(self, step_in_epoch: int, progress: float, holdout: Iterator[tuple[Tensor, Tensor]], loss_fn: nn.Module) -> None:
+        """Every `update_every` weight steps a ratio step on held-out images; then the next weight step's masks."""
+        beta2 = self.allocator.beta2(progress)
+        importance = self._importance()
+        if step_in_epoch % self.config.admm.update_every == 0:
+            xh, yh = next(holdout)
+            self.masker.set_masks(self.allocator.masks(importance, beta2, self.generator))
+            # The inner module, not the DDP wrapper: this backward reaches only the ratios.
+            ratio_loss = loss_fn(self.inner(xh.to(self.device)), yh.to(self.device))
+            self.allocator.ratio_step(ratio_loss)
+            self.allocator.admm_update(progress)
+        with torch.no_grad():
+            masks = self.allocator.masks(importance, beta2, self.generator)
+        self.masker.set_masks([m.detach() for m in masks])
 
     def _epoch_record(self, epoch: int, loss: float) -> dict[str, Any]:
         alpha = self.allocator.keep_ratios.detach().double().cpu()

@@ -24,7 +24,7 @@ from hwdsa.checkpoint import load_checkpoint, restore_training_state, save_check
 from hwdsa.costs import FlopsCost, ParamsCost, dense_reference
 from hwdsa.counting import count_flops, count_params
 from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
-from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult
+from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, rank_settled_first
 from hwdsa.errors import ConfigError
 from hwdsa.graph import trace_channel_graph
 from hwdsa.importance import group_importance
@@ -207,10 +207,16 @@ class PruneJob:
 
         # Phase 2: the search (or fixed ratios for baselines).
         result: SearchResult | None = None
+        settled_kept: list[torch.Tensor] | None = None  # the network the search's settle phase trained, if any
+
+        def rounding(r: torch.Tensor) -> list[int]:
+            return round_for_budgets(r, budgets, graph.group_sizes, multiple=cfg.round_to)
+
         saved = self._reusable("search", resume, device) if pretrain_reused or cfg.from_scratch or cfg.weights else None
         if saved is not None:
             model.load_state_dict(saved["model"])
             channels, ratios = list(saved["channels"]), list(saved["ratios"])
+            settled_kept = saved.get("settled_kept")
             history = json.loads(saved["history"])
             timings.update(json.loads(saved["timings"]))
         elif cfg.fixed_keep_ratios is not None:
@@ -222,10 +228,10 @@ class PruneJob:
             history = []
         else:
             ddp = self._wrap(model, device)
-            searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device)
+            searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device, rounding=rounding)
             result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume, tag=self._tags["search"])
-            ratios = result.keep_ratios
-            channels = round_for_budgets(torch.tensor(ratios), budgets, graph.group_sizes, multiple=cfg.round_to)
+            ratios, settled_kept = result.keep_ratios, result.settled_kept
+            channels = rounding(torch.tensor(ratios))
             if cfg.verifies_latency:
                 channels = latency_side.verify(unwrap(model), graph, ratios, budgets[0], latency_side.latency_table, timings)
             history = result.history
@@ -240,11 +246,12 @@ class PruneJob:
                     "ratios": ratios,
                     "history": json.dumps(history),
                     "timings": json.dumps(timings),
+                    "settled_kept": settled_kept,
                 },
             )
 
         # Phase 3: surgery and fine-tuning.
-        importance = group_importance(model, graph, mode=cfg.admm.importance)
+        importance = rank_settled_first(group_importance(model, graph, mode=cfg.admm.importance), settled_kept)
         plan = plan_from_channels(
             graph,
             importance,

@@ -238,6 +238,7 @@ def _ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
             {"train": [i for x, _ in train for i in _ids(x)], "test": [i for x, _ in test for i in _ids(x)], "len": len(train)},
             f"{out_dir}/rank{rank}.pt",
         )
+        dist.barrier()  # neither rank tears the group down while the other still uses it (gloo aborts then)
     finally:
         dist.destroy_process_group()
 

@@ -62,6 +62,11 @@ class TestBudgetWarmup:
         with pytest.raises(ConfigError, match="budget_warmup"):
             AdmmConfig(budget_warmup=warmup)
 
+    @pytest.mark.parametrize(("settle", "message"), [(-0.1, "in \\[0, 1\\)"), (1.0, "in \\[0, 1\\)"), (0.6, "budget warm-up")])
+    def test_rejects_a_settle_phase_outside_the_search_or_inside_the_budget_warmup(self, settle: float, message: str) -> None:
+        with pytest.raises(ConfigError, match=message):
+            AdmmConfig(settle_fraction=settle, budget_warmup=0.5)
+
 
 class TestFeasibleRatios:
     def test_an_unused_budget_is_filled_keeping_the_allocation_shape(self, flops: FlopsCost) -> None:

@@ -14,7 +14,7 @@ from hwdsa.costs import Budget, FlopsCost, ParamsCost
 from hwdsa.data import load_dataset, make_loader
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
 from hwdsa.channels import channels_within_budgets
-from hwdsa.dsa.search import DsaSearch, SearchConfig
+from hwdsa.dsa.search import DsaSearch, SearchConfig, rank_settled_first
 from hwdsa.errors import BudgetInfeasibleError
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
@@ -32,8 +32,8 @@ def _setup(seed: int = 0, rank: int | None = None, world_size: int | None = None
     return model, graph, train, holdout
 
 
-def _config(epochs: int = 2) -> SearchConfig:
-    return SearchConfig(train=TrainConfig(epochs=epochs, lr=0.05), admm=AdmmConfig(update_every=1), seed=3)
+def _config(epochs: int = 2, settle: float = 0.0) -> SearchConfig:
+    return SearchConfig(train=TrainConfig(epochs=epochs, lr=0.05), admm=AdmmConfig(update_every=1, settle_fraction=settle), seed=3)
 
 
 def test_search_meets_the_budget_exactly() -> None:
@@ -68,11 +68,14 @@ def test_integer_channels_within_budget() -> None:
             assert all(c % multiple == 0 or c == size for c, size in zip(ch, graph.group_sizes))
 
 
-def test_killed_search_resumes_to_the_same_result(tmp_path: Path) -> None:
+@pytest.mark.parametrize("settle", [0.0, 0.4], ids=["searching", "settled"])
+def test_killed_search_resumes_to_the_same_result(tmp_path: Path, settle: float) -> None:
+    """Killed after the first of two epochs: still searching, or (settle 0.4) already training the settled network."""
+
     def run(checkpoint: Path | None, kill_after: int | None = None, resume: bool = False):
         model, graph, train, holdout = _setup()
         budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
-        search = DsaSearch(model, graph, [budget], _config(2), torch.device("cpu"))
+        search = DsaSearch(model, graph, [budget], _config(2, settle), torch.device("cpu"))
 
         def on_epoch(record: dict) -> None:
             if kill_after is not None and record["epoch"] == kill_after:
@@ -89,6 +92,10 @@ def test_killed_search_resumes_to_the_same_result(tmp_path: Path) -> None:
     resumed, resumed_model = run(ckpt, resume=True)
     assert resumed.keep_ratios == straight.keep_ratios
     assert resumed.channels == straight.channels
+    assert (straight.settled_kept is None) == (settle == 0)
+    if straight.settled_kept is not None:
+        assert resumed.settled_kept is not None
+        assert all(torch.equal(a, b) for a, b in zip(resumed.settled_kept, straight.settled_kept))
     for a, b in zip(straight_model.state_dict().values(), resumed_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -112,6 +119,8 @@ def _worker(rank: int, world_size: int, port: int, out: str) -> None:
         search.masker.set_masks = record  # type: ignore[method-assign]
         result = search.run(train, holdout)
         torch.save({"ratios": result.keep_ratios, "masks": torch.stack(seen), "logits": search.allocator.logits.detach()}, f"{out}/rank{rank}.pt")
+        # gloo aborts a process (SIGABRT) that tears its group down while the other rank still talks to it
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -128,6 +137,50 @@ def test_distributed_ranks_hold_identical_masks_and_ratios(tmp_path: Path) -> No
     torch.testing.assert_close(r0["logits"], r1["logits"], rtol=0, atol=0)
     torch.testing.assert_close(r0["masks"], r1["masks"], rtol=0, atol=0)
     assert r0["masks"].shape[0] > 2
+
+
+def test_a_settled_search_stops_the_ratios_and_trains_the_network_it_keeps() -> None:
+    """settle_fraction 0.5 of two epochs: ratio steps in the first epoch only; the second trains under one fixed set
+    of 0/1 masks, the rounding's counts of the then-feasible ratios, which the plan keeps channel for channel."""
+    model, graph, train, holdout = _setup()
+    budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
+    counts_seen: list[list[int]] = []
+
+    def rounding(ratios: torch.Tensor) -> list[int]:  # the caller's rounding, here onto multiples of 4
+        counts_seen.append(channels_within_budgets(ratios, [budget], graph.group_sizes, multiple=4))
+        return counts_seen[-1]
+
+    search = DsaSearch(model, graph, [budget], _config(2, settle=0.5), torch.device("cpu"), rounding=rounding)
+    masks_seen: list[tuple[int, list[torch.Tensor]]] = []
+    original = search.masker.set_masks
+
+    def record(masks):
+        masks_seen.append((search.weight_steps, [m.detach().clone() for m in masks]))
+        return original(masks)
+
+    search.masker.set_masks = record  # type: ignore[method-assign]
+    result = search.run(train, holdout)
+    assert result.ratio_steps == len(train) and result.weight_steps == 2 * len(train)
+    assert result.settled_kept is not None and len(counts_seen) == 1 and result.channels == counts_seen[0]
+    assert all(c % 4 == 0 or c == size for c, size in zip(result.channels, graph.group_sizes)), "the caller's rounding"
+    assert FlopsCost(graph).exact(result.channels) <= budget.limit
+    settled = [(step, m) for step, m in masks_seen if step >= len(train)]
+    assert len(settled) == 1, "one fixed set of masks for the whole settle phase"
+    assert [int(m.sum()) for m in settled[0][1]] == result.channels
+    assert all(torch.equal(m, k.float()) for m, k in zip(settled[0][1], result.settled_kept))
+    assert any(0 < float(m.sum()) < m.numel() for _, ms in masks_seen[: -1] for m in ms), "random masks before it"
+    plan = result.to_plan(model, graph)
+    assert [list(k) for k in plan.kept] == [k.nonzero().flatten().tolist() for k in result.settled_kept]
+
+
+def test_the_settled_channels_rank_first_whatever_their_importance() -> None:
+    importance = [torch.tensor([5.0, 0.1, 3.0, 0.2])]
+    kept = [torch.tensor([False, True, False, True])]
+    (ranked,) = rank_settled_first(importance, kept)
+    assert ranked.argsort(descending=True).tolist() == [3, 1, 0, 2], "kept first, each part by importance"
+    assert rank_settled_first(importance, None) == importance
+    with pytest.raises(ValueError, match="2 settled masks for 1 groups"):
+        rank_settled_first(importance, kept * 2)
 
 
 def test_a_search_result_gives_the_plan_that_prunes_to_its_channels() -> None:

@@ -23,7 +23,9 @@ search epochs counted, and ends with the same fine-tuning):
   channel lattice (`--min-channels 8 --round-to 8`: under it ONNX Runtime adds layout reorders the per-layer
   table does not see, and a channel saves less time than the table says); `dsa_latency_settle`: smoothed, and the
   search's last epoch trains the network it chose under fixed masks (`--settle-fraction 0.2`) instead of random
-  ones. The variants are compared on held-out images; the best one is hwdsa's row.
+  ones, the measured check (`--verify-latency`) made at that point (`dsa_latency_settle_checked`; in the record
+  `dsa_latency_settle`, made by commit 0f92745, the check came after the search and moved 1-3 groups of the network
+  that had settled). The variants are compared on held-out images; the best one is hwdsa's row.
 - Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
   counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
   uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
@@ -121,16 +123,20 @@ METHODS: dict[str, str] = {
     "dsa_latency_smooth": "DSA, latency budget, --verify-latency, expected-latency smoothing",
     "dsa_latency_lattice": "DSA, latency budget, --verify-latency, smoothing, no group under the 8-channel lattice "
     "(--min-channels 8 --round-to 8)",
-    "dsa_latency_settle": "DSA, latency budget, --verify-latency, smoothing, the search's last epoch trains the chosen "
-    "network under fixed masks (--settle-fraction 0.2)",
+    "dsa_latency_settle": "record of commit 0f92745: smoothing, the search's last epoch trains the cost model's rounding "
+    "under fixed masks (--settle-fraction 0.2), the measured check after it (it moved 1-3 groups on every seed)",
+    "dsa_latency_settle_checked": "DSA, latency budget, --verify-latency, smoothing, --settle-fraction 0.2: the measured "
+    "check at the settle point, the search's last epoch trains the network it kept",
     "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
     "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
     "dsa_latency_matched": "diagnostic: the smoothed latency row with its budget at Torch-Pruning's measured latency "
     "(same seed), so that the two compare at the same latency",
 }
-LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice", "dsa_latency_settle")
-#: `dsa_latency_settle`'s `AdmmConfig.settle_fraction`: the last of the five search epochs.
+LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice", "dsa_latency_settle", "dsa_latency_settle_checked")
+#: The settling rows' `AdmmConfig.settle_fraction`: the last of the five search epochs.
 SETTLE_FRACTION = 0.2
+#: Rows made by an earlier hwdsa, kept as records (their files stay in the report); the commit that reruns them.
+RECORDS: dict[str, str] = {"dsa_latency_settle": "0f92745"}
 #: Controls, not competitors: another row's channel counts (same seed), cut from the dense model in one shot by
 #: BatchNorm |γ| as the uniform row is, and fine-tuned for every epoch the rows train. Against their source row
 #: they separate what an allocation is worth from how the method trained while it pruned.
@@ -571,6 +577,8 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                 if _read(arch / f"{name}.json", key) is not None:
                     _log.info("done before: %s", name)
                     continue
+                if method in RECORDS:
+                    raise SystemExit(f"{name}: {method} is a record of commit {RECORDS[method]}; check that commit out to rerun it")
                 _log.info("arch: %s", name)
                 if method == "uniform":
                     row = arch_uniform(ctx, target, seed, name)
@@ -597,7 +605,7 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=True, lattice=False, budget=budget)
                     row["detail"].update(matched_to=source["name"], budget_fraction=budget)
                 else:
-                    settle = SETTLE_FRACTION if method == "dsa_latency_settle" else 0.0
+                    settle = SETTLE_FRACTION if method == "dsa_latency_settle_checked" else 0.0
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice", settle=settle)
                 # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
                 save_pruned(arch / f"{name}.pt", *load_pruned(row.pop("file")))

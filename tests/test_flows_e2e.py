@@ -198,18 +198,25 @@ def test_fixed_ratio_baseline_keeps_its_ratios_within_the_budget(tmp_path: Path)
     assert report.pruned.flops_fraction < 0.5
 
 
+@pytest.mark.parametrize("settle", [[], ["--settle-fraction", "0.5"]], ids=["after-search", "at-settle-point"])
 def test_verify_latency_times_the_pruned_network_on_the_tables_device(
-    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    small_ort_table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, settle: list[str]
 ) -> None:
-    """`--verify-latency`: the counts kept are ones that were timed here against the dense network."""
+    """`--verify-latency`: the counts kept are ones that were timed here against the dense network; a settling search
+    is checked at its settle point, and its last epoch trains the network the check kept."""
     table = small_ort_table
     out = tmp_path / "run"
     argv = [
         "prune", *TINY, "--from-scratch", "--latency", "0.8", "--latency-table", str(table), "--verify-latency",
-        "--verify-margin", "0.03", "--out", str(out),
+        "--verify-margin", "0.03", *settle, "--out", str(out),
     ]  # fmt: skip
-    assert main(["-q", *argv]) == 0
+    with caplog.at_level("INFO", logger="hwdsa.dsa.search"):
+        assert main(["-q", *argv]) == 0
     report = json.loads((out / "report.json").read_text())
+    settled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("settled at")]
+    assert settled == ([f"settled at {report['channels']} channels: the rest of the search trains that network's weights"] if settle else [])
+    history = [epoch["mean_keep_ratio"] for epoch in report["search_history"]]
+    assert (history[0] == history[1]) == bool(settle), "the ratios stop at the settle point, and only there"
     check = report["latency_check"]
     assert check == json.loads((out / "latency_check.json").read_text())
     assert report["channels"] == check["channels"] and any(c["channels"] == check["channels"] for c in check["candidates"])
@@ -418,3 +425,23 @@ def test_a_channel_floor_holds_in_the_search_and_in_the_network(tmp_path: Path) 
     assert all(c >= 8 for c in reports["floor"]["channels"]), reports["floor"]["channels"]
     assert all(r * c >= 8 - 1e-3 for r, c in zip(reports["floor"]["keep_ratios"], sizes))
     assert reports["floor"]["pruned"]["flops"] <= reports["floor"]["budgets"]["flops"]["limit"]
+
+
+def test_a_settled_search_keeps_the_channels_it_trained_and_old_configs_keep_their_keys(tmp_path: Path) -> None:
+    """--settle-fraction 0.5 of two search epochs: the ratios stop after the first (the job's surgery check holds the
+    pruned network to the masked one); a job without the flag writes no settle_fraction, so that results keyed
+    before the setting existed keep their keys."""
+    flags = ["--from-scratch", *TINY, "--flops", "0.4", "--round-to", "4", "--json"]
+    configs, histories = {}, {}
+    for name, extra in (("plain", []), ("settled", ["--settle-fraction", "0.5"])):
+        out = tmp_path / name
+        assert main(["-q", "prune", *flags, *extra, "--out", str(out)]) == 0
+        configs[name] = json.loads((out / "config.json").read_text())
+        report = json.loads((out / "report.json").read_text())
+        assert report["pruned"]["flops"] <= report["budgets"]["flops"]["limit"]
+        assert all(c % 4 == 0 or c == s for c, s in zip(report["channels"], [16, 32, 64, 128]))
+        histories[name] = [epoch["mean_keep_ratio"] for epoch in report["search_history"]]
+    assert "settle_fraction" not in configs["plain"]["admm"]
+    assert configs["settled"]["admm"]["settle_fraction"] == 0.5
+    assert histories["plain"][0] != histories["plain"][1], "the ratios move in both epochs of a plain search"
+    assert histories["settled"][0] == histories["settled"][1], "and in the first only when it settles halfway"

@@ -209,7 +209,15 @@ class PruneJob:
         result: SearchResult | None = None
         settled_kept: list[torch.Tensor] | None = None  # the network the search's settle phase trained, if any
 
-        def rounding(r: torch.Tensor) -> list[int]:
+        def final_counts(r: torch.Tensor) -> list[int]:
+            """The network the job keeps for searched ratios `r`: the latency-aware rounding, checked on the device
+            with --verify-latency (at the settle point when the search settles: it trains the checked network)."""
+            if cfg.verifies_latency:
+                ratios = [float(x) for x in r.detach().double().cpu()]
+                # a copy of the weights without the mask hooks the searched model may still carry (at the settle point)
+                unhooked = create_model(cfg.model, num_classes=splits.num_classes, **_model_kwargs(cfg.model, input_shape))
+                unhooked.load_state_dict(unwrap(model).state_dict())
+                return latency_side.verify(unhooked, graph, ratios, budgets[0], latency_side.latency_table, timings)
             return round_for_budgets(r, budgets, graph.group_sizes, multiple=cfg.round_to)
 
         saved = self._reusable("search", resume, device) if pretrain_reused or cfg.from_scratch or cfg.weights else None
@@ -228,12 +236,10 @@ class PruneJob:
             history = []
         else:
             ddp = self._wrap(model, device)
-            searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device, rounding=rounding)
+            searcher = DsaSearch(ddp, graph, budgets, SearchConfig(cfg.search, cfg.admm, cfg.seed), device, rounding=final_counts)
             result = searcher.run(train, holdout, checkpoint=self.checkpoint, resume=resume, tag=self._tags["search"])
             ratios, settled_kept = result.keep_ratios, result.settled_kept
-            channels = rounding(torch.tensor(ratios))
-            if cfg.verifies_latency:
-                channels = latency_side.verify(unwrap(model), graph, ratios, budgets[0], latency_side.latency_table, timings)
+            channels = result.channels if settled_kept is not None else final_counts(torch.tensor(ratios))
             history = result.history
             timings["search_s"] = result.seconds
             timings["search_s_per_step"] = result.seconds / max(1, result.weight_steps)

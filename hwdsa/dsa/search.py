@@ -235,7 +235,7 @@ class DsaSearch:
         budgets = self.allocator.budgets
         if self.settled is not None:
             ratios, channels = self.settled["ratios"], list(self.settled["channels"])
-        else:
+        else:  # not `self.rounding`: a caller's may time networks on the device, which it does after the search
             ratios = self.allocator.feasible_ratios()
             channels = channels_within_budgets(ratios, budgets, self.graph.group_sizes)
         return SearchResult(

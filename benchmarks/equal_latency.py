@@ -25,7 +25,10 @@ search epochs counted, and ends with the same fine-tuning):
   search's last epoch trains the network it chose under fixed masks (`--settle-fraction 0.2`) instead of random
   ones, the measured check (`--verify-latency`) made at that point (`dsa_latency_settle_checked`; in the record
   `dsa_latency_settle`, made by commit 0f92745, the check came after the search and moved 1-3 groups of the network
-  that had settled). The variants are compared on held-out images; the best one is hwdsa's row.
+  that had settled); `dsa_latency_settle_restart`: as `dsa_latency_settle_checked`, with the learning rate's cosine
+  restarted at the settle point (`--settle-restart`; without it the settle epoch runs at the tail of the search's
+  cosine, under a tenth of the peak rate, where each of Torch-Pruning's steps starts its own). The variants are
+  compared on held-out images; the best one is hwdsa's row.
 - Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
   counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
   uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
@@ -127,12 +130,21 @@ METHODS: dict[str, str] = {
     "under fixed masks (--settle-fraction 0.2), the measured check after it (it moved 1-3 groups on every seed)",
     "dsa_latency_settle_checked": "DSA, latency budget, --verify-latency, smoothing, --settle-fraction 0.2: the measured "
     "check at the settle point, the search's last epoch trains the network it kept",
+    "dsa_latency_settle_restart": "as dsa_latency_settle_checked, and the learning rate's cosine restarts at the settle "
+    "point (--settle-restart): the last epoch trains the network it kept at the full rate, as Torch-Pruning's steps do",
     "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
     "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
     "dsa_latency_matched": "diagnostic: the smoothed latency row with its budget at Torch-Pruning's measured latency "
     "(same seed), so that the two compare at the same latency",
 }
-LATENCY_ROWS = ("dsa_latency", "dsa_latency_smooth", "dsa_latency_lattice", "dsa_latency_settle", "dsa_latency_settle_checked")
+LATENCY_ROWS = (
+    "dsa_latency",
+    "dsa_latency_smooth",
+    "dsa_latency_lattice",
+    "dsa_latency_settle",
+    "dsa_latency_settle_checked",
+    "dsa_latency_settle_restart",
+)
 #: The settling rows' `AdmmConfig.settle_fraction`: the last of the five search epochs.
 SETTLE_FRACTION = 0.2
 #: Rows made by an earlier hwdsa, kept as records (their files stay in the report); the commit that reruns them.
@@ -523,11 +535,19 @@ def arch_dsa_flops(ctx: Context, target: float, seed: int, name: str, uniform_fl
 
 
 def arch_dsa_latency(
-    ctx: Context, target: float, seed: int, name: str, smooth: bool, lattice: bool, budget: float | None = None, settle: float = 0.0
+    ctx: Context,
+    target: float,
+    seed: int,
+    name: str,
+    smooth: bool,
+    lattice: bool,
+    budget: float | None = None,
+    settle: float = 0.0,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """hwdsa's row; `lattice`: no group under the backend's channel lattice, in the search and in its rounding;
-    `budget`: a latency fraction other than `target` (the matched diagnostic's); `settle`: the search's
-    `AdmmConfig.settle_fraction`."""
+    `budget`: a latency fraction other than `target` (the matched diagnostic's); `settle`, `restart`: the search's
+    `AdmmConfig.settle_fraction` and `settle_restart`."""
     t0 = time.perf_counter()
     floor = ctx.multiple if lattice else 1
     cfg = replace(
@@ -537,7 +557,7 @@ def arch_dsa_latency(
         budgets=(BudgetSpec("latency", fraction=target if budget is None else budget),),
         verify_latency=True,
         verify_margin=ctx.suite.margin,
-        admm=replace(AdmmConfig(), smooth_costs=smooth, min_channels=floor, settle_fraction=settle),
+        admm=replace(AdmmConfig(), smooth_costs=smooth, min_channels=floor, settle_fraction=settle, settle_restart=restart),
         round_to=floor if lattice else None,
     )
     path, report = _job_pruned(ctx, cfg, name)
@@ -605,8 +625,9 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=True, lattice=False, budget=budget)
                     row["detail"].update(matched_to=source["name"], budget_fraction=budget)
                 else:
-                    settle = SETTLE_FRACTION if method == "dsa_latency_settle_checked" else 0.0
-                    row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice", settle=settle)
+                    settling = method in ("dsa_latency_settle_checked", "dsa_latency_settle_restart")
+                    row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice",
+                                           settle=SETTLE_FRACTION if settling else 0.0, restart=method == "dsa_latency_settle_restart")  # fmt: skip
                 # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
                 save_pruned(arch / f"{name}.pt", *load_pruned(row.pop("file")))
                 fr = ctx.fractions(row["channels"])

@@ -52,12 +52,23 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     )
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up then cosine decay to zero, stepped once per batch."""
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int, *, restart_at: int | None = None
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up then cosine decay to zero, stepped once per batch.
+
+    `restart_at`: a warm restart (SGDR) at that step: from it the cosine starts again at the full rate and decays
+    to zero at the end, so that a network whose channels were just cut trains at a rate it can recover with
+    (the steps before it keep the schedule they would have had without one).
+    """
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if restart_at is not None and not 0 <= restart_at < total:
+        raise ConfigError(f"restart_at must be a step of the schedule, in [0, {total}); got {restart_at}")
 
     def factor(step: int) -> float:
+        if restart_at is not None and step >= restart_at:
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - restart_at) / max(1, total - restart_at))))
         if step < warm:
             return (step + 1) / warm
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))

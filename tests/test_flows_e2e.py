@@ -429,11 +429,11 @@ def test_a_channel_floor_holds_in_the_search_and_in_the_network(tmp_path: Path) 
 
 def test_a_settled_search_keeps_the_channels_it_trained_and_old_configs_keep_their_keys(tmp_path: Path) -> None:
     """--settle-fraction 0.5 of two search epochs: the ratios stop after the first (the job's surgery check holds the
-    pruned network to the masked one); a job without the flag writes no settle_fraction, so that results keyed
-    before the setting existed keep their keys."""
+    pruned network to the masked one), with the learning rate restarted there or not; a job without the flags writes
+    no settle_fraction or settle_restart, so that results keyed before the settings existed keep their keys."""
     flags = ["--from-scratch", *TINY, "--flops", "0.4", "--round-to", "4", "--json"]
     configs, histories = {}, {}
-    for name, extra in (("plain", []), ("settled", ["--settle-fraction", "0.5"])):
+    for name, extra in (("plain", []), ("settled", ["--settle-fraction", "0.5"]), ("restarted", ["--settle-fraction", "0.5", "--settle-restart"])):
         out = tmp_path / name
         assert main(["-q", "prune", *flags, *extra, "--out", str(out)]) == 0
         configs[name] = json.loads((out / "config.json").read_text())
@@ -441,7 +441,9 @@ def test_a_settled_search_keeps_the_channels_it_trained_and_old_configs_keep_the
         assert report["pruned"]["flops"] <= report["budgets"]["flops"]["limit"]
         assert all(c % 4 == 0 or c == s for c, s in zip(report["channels"], [16, 32, 64, 128]))
         histories[name] = [epoch["mean_keep_ratio"] for epoch in report["search_history"]]
-    assert "settle_fraction" not in configs["plain"]["admm"]
-    assert configs["settled"]["admm"]["settle_fraction"] == 0.5
+    assert "settle_fraction" not in configs["plain"]["admm"] and "settle_restart" not in configs["plain"]["admm"]
+    assert configs["settled"]["admm"]["settle_fraction"] == 0.5 and "settle_restart" not in configs["settled"]["admm"]
+    assert configs["restarted"]["admm"]["settle_restart"] is True
     assert histories["plain"][0] != histories["plain"][1], "the ratios move in both epochs of a plain search"
     assert histories["settled"][0] == histories["settled"][1], "and in the first only when it settles halfway"
+    assert histories["restarted"] == histories["settled"], "the restart moves the weights' rate, not the ratios"

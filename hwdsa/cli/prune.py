@@ -70,6 +70,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the final fraction of the search that trains the weights of the chosen channels only, under fixed "
         "masks (default 0: the search ends with random masks)",
     )  # fmt: skip
+    p.add_argument(
+        "--settle-restart", action="store_true", default=None,
+        help="restart the learning rate's cosine at the settle point, so that the settle phase trains the cut network "
+        "at the full rate (needs --settle-fraction)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     p.add_argument("--out", default="runs/prune", help="output folder (default runs/prune)")
@@ -121,7 +126,7 @@ def config_from_args(args: argparse.Namespace) -> PruneJobConfig:
     }
     if budgets:
         changes["budgets"] = tuple(budgets)
-    admm = {k: v for k, v in (("min_channels", args.min_channels), ("settle_fraction", args.settle_fraction)) if v is not None}
+    admm = {k: v for k, v in (("min_channels", args.min_channels), ("settle_fraction", args.settle_fraction), ("settle_restart", args.settle_restart)) if v is not None}
     if admm:
         changes["admm"] = replace(base.admm, **admm)
     for phase, epochs in (("pretrain", args.pretrain_epochs), ("search", args.search_epochs), ("finetune", args.finetune_epochs)):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -80,6 +81,18 @@ def _cycle(loader: Batches, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
     for k in itertools.count():
         set_epoch(loader, epoch * 1000 + k)
         yield from loader
+
+
+def settle_step(total_steps: int, settle_fraction: float) -> int | None:
+    """The first weight step whose progress (step / total) reaches 1 − `settle_fraction`; None if none does."""
+    if settle_fraction <= 0:
+        return None
+    step = math.ceil((1 - settle_fraction) * total_steps)
+    while step > 0 and (step - 1) / total_steps >= 1 - settle_fraction:  # the product's rounding, either way
+        step -= 1
+    while step < total_steps and step / total_steps < 1 - settle_fraction:
+        step += 1
+    return step if step < total_steps else None
 
 
 class DsaSearch:
@@ -176,7 +189,10 @@ class DsaSearch:
         """
         cfg = self.config
         steps_per_epoch = batches_per_epoch(train_loader)
-        scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch)
+        total_steps = max(1, cfg.train.epochs * steps_per_epoch)
+        settle_at = settle_step(total_steps, cfg.admm.settle_fraction)
+        restart = settle_at if cfg.admm.settle_restart else None
+        scheduler = make_scheduler(self.optimizer, cfg.train, steps_per_epoch, restart_at=restart)
         if resume and checkpoint is not None and checkpoint.is_file():
             state = load_checkpoint(checkpoint)
             # A checkpoint of an earlier phase means the search never started; another tag, other settings.
@@ -185,7 +201,6 @@ class DsaSearch:
                 self.start_epoch = int(state["epoch"])
                 scheduler.load_state_dict(state["scheduler"])
                 _log.info("resumed the search after epoch %d", self.start_epoch)
-        total_steps = max(1, cfg.train.epochs * steps_per_epoch)
         loss_fn = nn.CrossEntropyLoss()
         started = time.perf_counter()
         try:
@@ -198,8 +213,9 @@ class DsaSearch:
                 loss_sum, n_seen = 0.0, 0
                 bar = tqdm(train_loader, desc=f"search {epoch + 1}/{cfg.train.epochs}", leave=False, disable=None if is_main_process() else True)
                 for i, (x, y) in enumerate(bar):
-                    progress = (epoch * steps_per_epoch + i) / total_steps
-                    if self.settled is None and cfg.admm.settle_fraction > 0 and progress >= 1 - cfg.admm.settle_fraction:
+                    step = epoch * steps_per_epoch + i
+                    progress = step / total_steps
+                    if self.settled is None and settle_at is not None and step >= settle_at:
                         self._settle()
                     if self.settled is None:
                         self._ratio_and_mask_step(i, progress, holdout, loss_fn)

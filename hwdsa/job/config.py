@@ -16,7 +16,11 @@ __all__ = ["BudgetSpec", "PruneJobConfig"]
 
 #: (section, setting, value): settings added after results were keyed on this configuration, and the value at
 #: which each changes nothing.
-_LATER_NEUTRAL: tuple[tuple[str, str, Any], ...] = (("admm", "min_channels", 1), ("admm", "settle_fraction", 0.0))
+_LATER_NEUTRAL: tuple[tuple[str, str, Any], ...] = (
+    ("admm", "min_channels", 1),
+    ("admm", "settle_fraction", 0.0),
+    ("admm", "settle_restart", False),
+)
 
 
 @dataclass(frozen=True)

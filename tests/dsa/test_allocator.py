@@ -67,6 +67,10 @@ class TestBudgetWarmup:
         with pytest.raises(ConfigError, match=message):
             AdmmConfig(settle_fraction=settle, budget_warmup=0.5)
 
+    def test_rejects_a_restart_without_a_settle_phase(self) -> None:
+        with pytest.raises(ConfigError, match="set settle_fraction > 0"):
+            AdmmConfig(settle_restart=True)
+
 
 class TestFeasibleRatios:
     def test_an_unused_budget_is_filled_keeping_the_allocation_shape(self, flops: FlopsCost) -> None:

@@ -14,7 +14,7 @@ from hwdsa.costs import Budget, FlopsCost, ParamsCost
 from hwdsa.data import load_dataset, make_loader
 from hwdsa.dsa.allocator import AdmmConfig, RatioAllocator
 from hwdsa.channels import channels_within_budgets
-from hwdsa.dsa.search import DsaSearch, SearchConfig, rank_settled_first
+from hwdsa.dsa.search import DsaSearch, SearchConfig, rank_settled_first, settle_step
 from hwdsa.errors import BudgetInfeasibleError
 from hwdsa.graph import trace_channel_graph
 from hwdsa.models import create_model
@@ -32,8 +32,9 @@ def _setup(seed: int = 0, rank: int | None = None, world_size: int | None = None
     return model, graph, train, holdout
 
 
-def _config(epochs: int = 2, settle: float = 0.0) -> SearchConfig:
-    return SearchConfig(train=TrainConfig(epochs=epochs, lr=0.05), admm=AdmmConfig(update_every=1, settle_fraction=settle), seed=3)
+def _config(epochs: int = 2, settle: float = 0.0, restart: bool = False) -> SearchConfig:
+    admm = AdmmConfig(update_every=1, settle_fraction=settle, settle_restart=restart)
+    return SearchConfig(train=TrainConfig(epochs=epochs, lr=0.05), admm=admm, seed=3)
 
 
 def test_search_meets_the_budget_exactly() -> None:
@@ -68,14 +69,17 @@ def test_integer_channels_within_budget() -> None:
             assert all(c % multiple == 0 or c == size for c, size in zip(ch, graph.group_sizes))
 
 
-@pytest.mark.parametrize("settle", [0.0, 0.4], ids=["searching", "settled"])
-def test_killed_search_resumes_to_the_same_result(tmp_path: Path, settle: float) -> None:
-    """Killed after the first of two epochs: still searching, or (settle 0.4) already training the settled network."""
+@pytest.mark.parametrize(
+    ("epochs", "settle", "restart"), [(2, 0.0, False), (3, 0.5, False), (3, 0.5, True)], ids=["searching", "settled", "settled-restarted"]
+)
+def test_killed_search_resumes_to_the_same_result(tmp_path: Path, epochs: int, settle: float, restart: bool) -> None:
+    """Killed after the next-to-last epoch: still searching, or (settle 0.5 of three epochs) already training the
+    settled network, at the learning rate restarted at the settle point or not."""
 
     def run(checkpoint: Path | None, kill_after: int | None = None, resume: bool = False):
         model, graph, train, holdout = _setup()
         budget = Budget.fraction_of_dense(FlopsCost(graph), 0.5)
-        search = DsaSearch(model, graph, [budget], _config(2, settle), torch.device("cpu"))
+        search = DsaSearch(model, graph, [budget], _config(epochs, settle, restart), torch.device("cpu"))
 
         def on_epoch(record: dict) -> None:
             if kill_after is not None and record["epoch"] == kill_after:
@@ -87,7 +91,7 @@ def test_killed_search_resumes_to_the_same_result(tmp_path: Path, settle: float)
     straight, straight_model = run(None)
     ckpt = tmp_path / "ckpt.pt"
     with pytest.raises(KeyboardInterrupt):
-        run(ckpt, kill_after=1)
+        run(ckpt, kill_after=epochs - 1)
     assert ckpt.is_file()
     resumed, resumed_model = run(ckpt, resume=True)
     assert resumed.keep_ratios == straight.keep_ratios
@@ -171,6 +175,38 @@ def test_a_settled_search_stops_the_ratios_and_trains_the_network_it_keeps() -> 
     assert any(0 < float(m.sum()) < m.numel() for _, ms in masks_seen[: -1] for m in ms), "random masks before it"
     plan = result.to_plan(model, graph)
     assert [list(k) for k in plan.kept] == [k.nonzero().flatten().tolist() for k in result.settled_kept]
+
+
+def _learning_rates(search: DsaSearch) -> list[float]:
+    """The learning rate of every weight step `search` takes."""
+    seen: list[float] = []
+    search.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: seen.append(optimizer.param_groups[0]["lr"]))
+    return seen
+
+
+def test_a_restarted_settle_phase_trains_the_kept_network_at_the_full_rate() -> None:
+    """settle_restart: the steps before the settle point keep the search's cosine; from it the cosine starts again
+    at the full rate and decays to zero by the end."""
+    runs = {}
+    for restart in (False, True):
+        model, graph, train, holdout = _setup()
+        search = DsaSearch(model, graph, [Budget.fraction_of_dense(FlopsCost(graph), 0.5)], _config(2, 0.5, restart), torch.device("cpu"))
+        runs[restart] = _learning_rates(search)
+        search.run(train, holdout)
+    plain, restarted = runs[False], runs[True]
+    at = settle_step(len(plain), 0.5)
+    assert at == len(train)
+    assert restarted[:at] == plain[:at], "unchanged before the settle point"
+    assert plain[at] < 0.55 * 0.05 and restarted[at] == pytest.approx(0.05), "the full rate at the settle point"
+    assert all(a > b for a, b in zip(restarted[at:], restarted[at + 1 :])) and restarted[-1] < 0.1 * 0.05
+
+
+def test_the_settle_step_is_the_first_step_at_its_progress() -> None:
+    for total, fraction in [(1760, 0.2), (10, 0.3), (7, 0.5), (3, 0.9), (1000, 1e-4), (10, 0.01)]:
+        step = settle_step(total, fraction)
+        first = next((s for s in range(total) if s / total >= 1 - fraction), None)
+        assert step == first, (total, fraction)
+    assert settle_step(100, 0.0) is None
 
 
 def test_the_settled_channels_rank_first_whatever_their_importance() -> None:

@@ -27,7 +27,8 @@ search epochs counted, and ends with the same fine-tuning):
   `dsa_latency_settle`, made by commit 0f92745, the check came after the search and moved 1-3 groups of the network
   that had settled); `dsa_latency_settle_restart`: as `dsa_latency_settle_checked`, with the learning rate's cosine
   restarted at the settle point (`--settle-restart`; without it the settle epoch runs at the tail of the search's
-  cosine, under a tenth of the peak rate, where each of Torch-Pruning's steps starts its own). The variants are
+  cosine, under a tenth of the peak rate, where each of Torch-Pruning's steps starts its own);
+  `dsa_latency_settle_late`: the same, settling at 0.9 of the search (`--settle-fraction 0.1`). The variants are
   compared on held-out images; the best one is hwdsa's row.
 - Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
   counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
@@ -132,6 +133,8 @@ METHODS: dict[str, str] = {
     "check at the settle point, the search's last epoch trains the network it kept",
     "dsa_latency_settle_restart": "as dsa_latency_settle_checked, and the learning rate's cosine restarts at the settle "
     "point (--settle-restart): the last epoch trains the network it kept at the full rate, as Torch-Pruning's steps do",
+    "dsa_latency_settle_late": "as dsa_latency_settle_restart, settling at 0.9 of the search (--settle-fraction 0.1 "
+    "--settle-restart): the ratios move for longer, the kept network trains at the restarted rate for half an epoch",
     "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
     "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
     "dsa_latency_matched": "diagnostic: the smoothed latency row with its budget at Torch-Pruning's measured latency "
@@ -144,9 +147,14 @@ LATENCY_ROWS = (
     "dsa_latency_settle",
     "dsa_latency_settle_checked",
     "dsa_latency_settle_restart",
+    "dsa_latency_settle_late",
 )
-#: The settling rows' `AdmmConfig.settle_fraction`: the last of the five search epochs.
-SETTLE_FRACTION = 0.2
+#: The settling rows' `AdmmConfig` (settle_fraction, settle_restart): 0.2 is the last of the five search epochs.
+SETTLING: dict[str, tuple[float, bool]] = {
+    "dsa_latency_settle_checked": (0.2, False),
+    "dsa_latency_settle_restart": (0.2, True),
+    "dsa_latency_settle_late": (0.1, True),
+}
 #: The variant every other latency variant is paired against (3 seeds at every target): the job's search before
 #: the settle phase. hwdsa's row is the variant furthest ahead of it on held-out images, over at least `MIN_PAIRS`
 #: paired (target, seed) runs.
@@ -630,9 +638,9 @@ def stage_arch(ctx: Context, targets: Sequence[float], seeds: Sequence[int], met
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=True, lattice=False, budget=budget)
                     row["detail"].update(matched_to=source["name"], budget_fraction=budget)
                 else:
-                    settling = method in ("dsa_latency_settle_checked", "dsa_latency_settle_restart")
+                    settle, restart = SETTLING.get(method, (0.0, False))
                     row = arch_dsa_latency(ctx, target, seed, name, smooth=method != "dsa_latency", lattice=method == "dsa_latency_lattice",
-                                           settle=SETTLE_FRACTION if settling else 0.0, restart=method == "dsa_latency_settle_restart")  # fmt: skip
+                                           settle=settle, restart=restart)  # fmt: skip
                 # weights and plan only: a job's own pruned.pt also holds its report, with this machine's paths
                 save_pruned(arch / f"{name}.pt", *load_pruned(row.pop("file")))
                 fr = ctx.fractions(row["channels"])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import torch
@@ -47,6 +49,23 @@ def init_from_env(backend: str | None = None) -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     _log.info("joined process group: rank %d of %d (%s)", rank(), world_size(), chosen)
     return True
+
+
+@contextlib.contextmanager
+def process_group_from_env(backend: str | None = None) -> Iterator[bool]:
+    """`init_from_env` for the length of a block, yielding whether it runs distributed. A group the block joined is
+    left at its end, after a barrier when the block ended normally (gloo aborts a process that tears its group down
+    while another rank still talks to it); a group that existed before the block is left as it was."""
+    joined = not is_distributed() and init_from_env(backend)
+    ok = False
+    try:
+        yield is_distributed()
+        ok = True
+    finally:
+        if joined:
+            if ok:
+                dist.barrier()
+            dist.destroy_process_group()
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:

@@ -447,3 +447,29 @@ def test_a_settled_search_keeps_the_channels_it_trained_and_old_configs_keep_the
     assert histories["plain"][0] != histories["plain"][1], "the ratios move in both epochs of a plain search"
     assert histories["settled"][0] == histories["settled"][1], "and in the first only when it settles halfway"
     assert histories["restarted"] == histories["settled"], "the restart moves the weights' rate, not the ratios"
+
+
+def _torchrun_rank(rank: int, port: int, out: str) -> None:
+    """One rank of a two-process `hwdsa prune`, with the environment torchrun gives it."""
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    assert main(["-q", "prune", "--from-scratch", *TINY, "--flops", "0.5", "--device", "cpu", "--out", out]) == 0
+    Path(out, f"rank{rank}-left").write_text(str(not dist.is_initialized()))
+
+
+def test_a_job_under_torchrun_leaves_the_process_group_it_joined(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_torchrun_rank, args=(port, str(tmp_path)), nprocs=2, join=True)
+    assert [(tmp_path / f"rank{r}-left").read_text() for r in range(2)] == ["True", "True"]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pruned"]["flops"] <= report["budgets"]["flops"]["limit"]

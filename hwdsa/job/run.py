@@ -23,7 +23,7 @@ from hwdsa.channels import channels_within_budgets
 from hwdsa.checkpoint import load_checkpoint, restore_training_state, save_checkpoint, training_state
 from hwdsa.costs import FlopsCost, ParamsCost, dense_reference
 from hwdsa.counting import count_flops, count_params
-from hwdsa.distributed import barrier, init_from_env, is_distributed, is_main_process, rank, unwrap, world_size
+from hwdsa.distributed import barrier, is_distributed, is_main_process, process_group_from_env, rank, unwrap, world_size
 from hwdsa.dsa.search import DsaSearch, SearchConfig, SearchResult, rank_settled_first
 from hwdsa.errors import ConfigError
 from hwdsa.graph import trace_channel_graph
@@ -156,7 +156,12 @@ class PruneJob:
 
     # -- the job ------------------------------------------------------------------------------
     def run(self, *, resume: bool = False) -> PruneReport:
-        """Run every phase and write `pruned.pt`, `allocation.csv`, `report.json` and `config.json`."""
+        """Run every phase and write `pruned.pt`, `allocation.csv`, `report.json` and `config.json` (under torchrun,
+        in the process group of its environment, joined for the job and left after it)."""
+        with process_group_from_env():
+            return self._run(resume=resume)
+
+    def _run(self, *, resume: bool) -> PruneReport:
         from hwdsa.equivalence import check_pruned_matches_masked
         from hwdsa.models import create_model
         from hwdsa.surgery import plan_from_channels, prune, save_pruned
@@ -167,7 +172,6 @@ class PruneJob:
                 raise ConfigError(f"{what} {path}: no such file")
         self._inputs = phase_inputs(cfg)
         self._tags = {phase: inputs_digest(inputs) for phase, inputs in self._inputs.items()}
-        init_from_env()
         device = resolve_device(cfg.device)
         if is_distributed() and device.type == "cuda":
             device = torch.device("cuda", torch.cuda.current_device())

@@ -881,8 +881,9 @@ def variant_lines(runs: list[dict[str, Any]]) -> list[str]:
     ref = REFERENCE_VARIANT
     acc = {(r["method"], r["target"], r["seed"]): r for r in runs}
     lines = ["## Latency variants against `dsa_latency_smooth` (paired seeds; held-out images choose hwdsa's row)", "",
-             "| variant | target | seeds | held-out minus smooth, pt (95% CI) | test minus smooth, pt (95% CI) | before FT minus smooth, pt |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| variant | target | seeds | held-out minus smooth, pt (95% CI) | test minus smooth, pt (95% CI) | before FT minus smooth, pt "
+             "| test minus torch_pruning, pt (95% CI) |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for m in LATENCY_ROWS:
         if m == ref:
             continue
@@ -892,10 +893,13 @@ def variant_lines(runs: list[dict[str, Any]]) -> list[str]:
                 continue
             diff = {key: [acc[m, target, k][key] - acc[ref, target, k][key] for k in seeds]
                     for key in ("heldout_accuracy", "accuracy", "accuracy_before_finetune")}  # fmt: skip
+            tp_seeds = sorted(k for (mm, t, k) in acc if mm == m and t == target and ("torch_pruning", target, k) in acc)
+            vs_tp = [acc[m, target, k]["accuracy"] - acc["torch_pruning", target, k]["accuracy"] for k in tp_seeds]
             lines.append(f"| `{m}`{' (record)' if m in RECORDS else ''} | {target:.0%} | {len(seeds)} | "
                          f"{format_interval(paired_interval(diff['heldout_accuracy']), len(seeds))} | "
                          f"{format_interval(paired_interval(diff['accuracy']), len(seeds))} | "
-                         f"{100 * statistics.mean(diff['accuracy_before_finetune']):+.2f} |")  # fmt: skip
+                         f"{100 * statistics.mean(diff['accuracy_before_finetune']):+.2f} | "
+                         + (f"{format_interval(paired_interval(vs_tp), len(tp_seeds))}, {len(tp_seeds)} seed(s) |" if tp_seeds else "- |"))  # fmt: skip
     return lines if len(lines) > 4 else []
 
 

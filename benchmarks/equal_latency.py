@@ -758,13 +758,14 @@ def latency_row(runs: list[dict[str, Any]]) -> str:
     by its mean paired difference over every (target, seed) both finished, at least `MIN_PAIRS` of them (the
     reference itself scores 0); a record of an earlier hwdsa (`RECORDS`) is shown, not chosen: this hwdsa does not
     make that network."""
-    heldout = {(r["method"], r["target"], r["seed"]): r["heldout_accuracy"] for r in runs}
-    ref = {(t, k): a for (m, t, k), a in heldout.items() if m == REFERENCE_VARIANT}
+    acc = {(r["method"], r["target"], r["seed"]): r for r in runs}
     score = {REFERENCE_VARIANT: 0.0}
     for m in LATENCY_ROWS:
-        pairs = [(t, k) for (mm, t, k) in heldout if mm == m and (t, k) in ref]
-        if m not in RECORDS and m != REFERENCE_VARIANT and len(pairs) >= MIN_PAIRS:
-            score[m] = statistics.mean(heldout[m, t, k] - ref[t, k] for t, k in pairs)
+        if m in RECORDS or m == REFERENCE_VARIANT:
+            continue
+        diffs = [d for t in sorted({t for (_, t, _) in acc}) for d in _paired(acc, m, REFERENCE_VARIANT, t, "heldout_accuracy")]
+        if len(diffs) >= MIN_PAIRS:
+            score[m] = statistics.mean(diffs)
     return max(score, key=lambda m: score[m])
 
 
@@ -875,9 +876,15 @@ def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]
     return lines
 
 
+def _paired(acc: dict[tuple[str, float, int], dict[str, Any]], method: str, other: str, target: float, key: str) -> list[float]:
+    """`method` minus `other` in `key` at `target`, one difference per seed both finished (in seed order)."""
+    seeds = sorted(k for (m, t, k) in acc if m == method and t == target and (other, target, k) in acc)
+    return [acc[method, target, k][key] - acc[other, target, k][key] for k in seeds]
+
+
 def variant_lines(runs: list[dict[str, Any]]) -> list[str]:
     """The latency variants against the smoothed search (the job's defaults before the settle phase), paired per
-    (target, seed), on held-out images (what chooses hwdsa's row) and on the test set."""
+    (target, seed), on held-out images (what chooses hwdsa's row) and on the test set; and against Torch-Pruning."""
     ref = REFERENCE_VARIANT
     acc = {(r["method"], r["target"], r["seed"]): r for r in runs}
     lines = ["## Latency variants against `dsa_latency_smooth` (paired seeds; held-out images choose hwdsa's row)", "",
@@ -888,18 +895,16 @@ def variant_lines(runs: list[dict[str, Any]]) -> list[str]:
         if m == ref:
             continue
         for target in sorted({t for (mm, t, _) in acc if mm == m}):
-            seeds = sorted(k for (mm, t, k) in acc if mm == m and t == target and (ref, target, k) in acc)
-            if not seeds:
+            diff = {key: _paired(acc, m, ref, target, key) for key in ("heldout_accuracy", "accuracy", "accuracy_before_finetune")}
+            n = len(diff["accuracy"])
+            if not n:
                 continue
-            diff = {key: [acc[m, target, k][key] - acc[ref, target, k][key] for k in seeds]
-                    for key in ("heldout_accuracy", "accuracy", "accuracy_before_finetune")}  # fmt: skip
-            tp_seeds = sorted(k for (mm, t, k) in acc if mm == m and t == target and ("torch_pruning", target, k) in acc)
-            vs_tp = [acc[m, target, k]["accuracy"] - acc["torch_pruning", target, k]["accuracy"] for k in tp_seeds]
-            lines.append(f"| `{m}`{' (record)' if m in RECORDS else ''} | {target:.0%} | {len(seeds)} | "
-                         f"{format_interval(paired_interval(diff['heldout_accuracy']), len(seeds))} | "
-                         f"{format_interval(paired_interval(diff['accuracy']), len(seeds))} | "
+            vs_tp = _paired(acc, m, "torch_pruning", target, "accuracy")
+            lines.append(f"| `{m}`{' (record)' if m in RECORDS else ''} | {target:.0%} | {n} | "
+                         f"{format_interval(paired_interval(diff['heldout_accuracy']), n)} | "
+                         f"{format_interval(paired_interval(diff['accuracy']), n)} | "
                          f"{100 * statistics.mean(diff['accuracy_before_finetune']):+.2f} | "
-                         + (f"{format_interval(paired_interval(vs_tp), len(tp_seeds))}, {len(tp_seeds)} seed(s) |" if tp_seeds else "- |"))  # fmt: skip
+                         + (f"{format_interval(paired_interval(vs_tp), len(vs_tp))}, {len(vs_tp)} seed(s) |" if vs_tp else "- |"))  # fmt: skip
     return lines if len(lines) > 4 else []
 
 

@@ -30,8 +30,8 @@ search epochs counted, and ends with the same fine-tuning):
   cosine, under a tenth of the peak rate, where each of Torch-Pruning's steps starts its own);
   `dsa_latency_settle_late`: the same, settling at 0.9 of the search (`--settle-fraction 0.1`). The variants are
   compared on held-out images; the best one is hwdsa's row.
-- Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`): Torch-Pruning's and the smoothed latency row's channel
-  counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
+- Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`, `restart_arch_oneshot`): Torch-Pruning's, the smoothed latency
+  row's and the settle-and-restart row's channel counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
   uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
 - Diagnostic (`dsa_latency_matched`): the smoothed latency row with its budget at Torch-Pruning's latency as
   measured at its arch stage (same target and seed): Torch-Pruning may end up to 1.02 T where its ranking cannot
@@ -137,6 +137,7 @@ METHODS: dict[str, str] = {
     "--settle-restart): the ratios move for longer, the kept network trains at the restarted rate for half an epoch",
     "tp_arch_oneshot": "control: Torch-Pruning's channel counts, cut from the dense model in one shot (BatchNorm |γ|)",
     "smooth_arch_oneshot": "control: the smoothed latency row's channel counts, cut from the dense model in one shot",
+    "restart_arch_oneshot": "control: the settle-and-restart row's channel counts, cut from the dense model in one shot",
     "dsa_latency_matched": "diagnostic: the smoothed latency row with its budget at Torch-Pruning's measured latency "
     "(same seed), so that the two compare at the same latency",
 }
@@ -165,7 +166,11 @@ RECORDS: dict[str, str] = {"dsa_latency_settle": "0f92745"}
 #: Controls, not competitors: another row's channel counts (same seed), cut from the dense model in one shot by
 #: BatchNorm |γ| as the uniform row is, and fine-tuned for every epoch the rows train. Against their source row
 #: they separate what an allocation is worth from how the method trained while it pruned.
-CONTROLS: dict[str, str] = {"tp_arch_oneshot": "torch_pruning", "smooth_arch_oneshot": "dsa_latency_smooth"}
+CONTROLS: dict[str, str] = {
+    "tp_arch_oneshot": "torch_pruning",
+    "smooth_arch_oneshot": "dsa_latency_smooth",
+    "restart_arch_oneshot": "dsa_latency_settle_restart",
+}
 #: Diagnostics, not competitors: hwdsa's search with its budget at another row's measured latency (same target and
 #: seed; the verification aims at that latency). Torch-Pruning may end up to `GOAL_TOLERANCE` x T where its ranking
 #: cannot reach T on the lattice, while hwdsa aims a margin under T: this pair compares the two at equal latency.

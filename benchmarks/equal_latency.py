@@ -31,8 +31,9 @@ search epochs counted, and ends with the same fine-tuning):
   `dsa_latency_settle_late`: the same, settling at 0.9 of the search (`--settle-fraction 0.1`). The variants are
   compared on held-out images; the best one is hwdsa's row.
 - Controls (`tp_arch_oneshot`, `smooth_arch_oneshot`, `restart_arch_oneshot`): Torch-Pruning's, the smoothed latency
-  row's and the settle-and-restart row's channel counts, cut from the dense model in one shot by BatchNorm |γ| and fine-tuned for all the epochs, as the
-  uniform row is: against their source rows they tell the allocation's worth from the training while pruning.
+  row's and the settle-and-restart row's channel counts, cut from the dense model in one shot by BatchNorm |γ| and
+  fine-tuned for all the epochs, as the uniform row is: against their source rows they tell the allocation's worth
+  from the training while pruning.
 - Diagnostic (`dsa_latency_matched`): the smoothed latency row with its budget at Torch-Pruning's latency as
   measured at its arch stage (same target and seed): Torch-Pruning may end up to 1.02 T where its ranking cannot
   reach T on the lattice, hwdsa a margin under T; this pair compares them at the same latency.
@@ -157,10 +158,10 @@ SETTLING: dict[str, tuple[float, bool]] = {
     "dsa_latency_settle_late": (0.1, True),
 }
 #: The variant every other latency variant is paired against (3 seeds at every target): the job's search before
-#: the settle phase. hwdsa's row is the variant furthest ahead of it on held-out images, over at least `MIN_PAIRS`
+#: the settle phase. hwdsa's row is the variant furthest ahead of it on held-out images, over at least `MIN_PAIRS_TO_CHOOSE`
 #: paired (target, seed) runs.
 REFERENCE_VARIANT = "dsa_latency_smooth"
-MIN_PAIRS = 3
+MIN_PAIRS_TO_CHOOSE = 3
 #: Rows made by an earlier hwdsa, kept as records (their files stay in the report); the commit that reruns them.
 RECORDS: dict[str, str] = {"dsa_latency_settle": "0f92745"}
 #: Controls, not competitors: another row's channel counts (same seed), cut from the dense model in one shot by
@@ -760,7 +761,7 @@ def timed_as(run: dict[str, Any]) -> str:
 
 def latency_row(runs: list[dict[str, Any]]) -> str:
     """hwdsa's row: the latency variant furthest ahead of `REFERENCE_VARIANT` on held-out images (never the test set),
-    by its mean paired difference over every (target, seed) both finished, at least `MIN_PAIRS` of them (the
+    by its mean paired difference over every (target, seed) both finished, at least `MIN_PAIRS_TO_CHOOSE` of them (the
     reference itself scores 0); a record of an earlier hwdsa (`RECORDS`) is shown, not chosen: this hwdsa does not
     make that network."""
     acc = {(r["method"], r["target"], r["seed"]): r for r in runs}
@@ -769,7 +770,7 @@ def latency_row(runs: list[dict[str, Any]]) -> str:
         if m in RECORDS or m == REFERENCE_VARIANT:
             continue
         diffs = [d for t in sorted({t for (_, t, _) in acc}) for d in _paired(acc, m, REFERENCE_VARIANT, t, "heldout_accuracy")]
-        if len(diffs) >= MIN_PAIRS:
+        if len(diffs) >= MIN_PAIRS_TO_CHOOSE:
             score[m] = statistics.mean(diffs)
     return max(score, key=lambda m: score[m])
 
@@ -925,7 +926,7 @@ def write_report(out_root: Path) -> None:
         "# Accuracy at equal measured latency (ResNet-20, full CIFAR-10, ONNX Runtime fp32, batch 1, one thread)",
         "",
         "Rows: " + "; ".join(f"`{m}`: {d}" for m, d in METHODS.items()) + ". hwdsa's row is the latency variant furthest "
-        f"ahead of `{REFERENCE_VARIANT}` on held-out images, paired over at least {MIN_PAIRS} (target, seed) runs (`{latency_row(runs)}`). The FLOPs row bisects the FLOPs fraction on the projection of "
+        f"ahead of `{REFERENCE_VARIANT}` on held-out images, paired over at least {MIN_PAIRS_TO_CHOOSE} (target, seed) runs (`{latency_row(runs)}`). The FLOPs row bisects the FLOPs fraction on the projection of "
         "the searched ratios, not on whole searches. Every pruned row trains its weights for the same epochs.",
         "",
         "Hosts that timed the rows: " + ("; ".join(f"{h['cpu']} (`{h['fingerprint']}`)" for h in hosts) or "none yet") + ".",

@@ -66,12 +66,16 @@ def make_scheduler(
     if restart_at is not None and not 0 <= restart_at < total:
         raise ConfigError(f"restart_at must be a step of the schedule, in [0, {total}); got {restart_at}")
 
+    def cosine(step: int, start: int) -> float:
+        """From 1 at `start` down to 0 at the end."""
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - start) / max(1, total - start))))
+
     def factor(step: int) -> float:
         if restart_at is not None and step >= restart_at:
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - restart_at) / max(1, total - restart_at))))
+            return cosine(step, restart_at)
         if step < warm:
             return (step + 1) / warm
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+        return cosine(step, warm)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 

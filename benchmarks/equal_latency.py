@@ -93,9 +93,9 @@ from hwdsa.job import BudgetSpec, PruneJob, PruneJobConfig
 from hwdsa.job.latency import host_table
 from hwdsa.job.run import JobData, job_data
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import measure_rounds
+from hwdsa.lut.network import fractions_of_reference, measure_rounds
 from hwdsa.lut.rounding import rounding_steps
-from hwdsa.lut.verify import DEFAULT_MARGIN
+from hwdsa.lut.verify import DEFAULT_MARGIN, DENSE_EVERY
 from hwdsa.models import create_model
 from hwdsa.profilers.backend import Backend, get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
@@ -725,20 +725,34 @@ def stage_time(ctx: Context, rounds: int, repeats: int) -> None:
     names = list(rows)
     random.Random(0).shuffle(names)
     protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
-    per_net = measure_rounds(ctx.model, ctx.graph, [list(ctx.graph.group_sizes)] + [rows[n] for n in names], ctx.backend, protocol, rounds=rounds)
-    dense = _ms(per_net[0])
+    # the dense network before every DENSE_EVERY rows, as the device check times it: each row's fraction of dense is
+    # paired by round with the dense timing just before it (`hwdsa.profilers.paired_fraction`)
+    dense_channels = list(ctx.graph.group_sizes)
+    nets, is_dense, place = [], [], {}
+    for i, n in enumerate(names):
+        if i % DENSE_EVERY == 0:
+            nets.append(dense_channels)
+            is_dense.append(True)
+        place[n] = len(nets)
+        nets.append(rows[n])
+        is_dense.append(False)
+    per_net = measure_rounds(ctx.model, ctx.graph, nets, ctx.backend, protocol, rounds=rounds)
+    ratios = fractions_of_reference(per_net, is_dense)
+    dense = min(_ms(r) for r, d in zip(per_net, is_dense) if d)
     # what this host's table (the one the latency rows searched with) predicts for each network: the cost
     # model's error on the networks each method produced
     table = host_table("resnet20", ctx.model, INPUT_SHAPE)
     cost = build_cost("latency", ctx.graph, latency_table=table)
     record = {
         "host": ctx.host,
-        "statistic": "the quietest round's median (hwdsa.profilers.base.quietest)",
+        "statistic": "fractions of dense paired by round (hwdsa.profilers.paired_fraction; the dense network before every "
+                     f"{DENSE_EVERY} rows); ms: the quietest round's median (hwdsa.profilers.base.quietest)",
         "rounds": rounds,
         "repeats": repeats,
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "dense_ms": dense,
-        "ms": {n: _ms(r) for n, r in zip(names, per_net[1:])},
+        "ms": {n: _ms(per_net[place[n]]) for n in names},
+        "fractions": {n: statistics.median(ratios[place[n]]) for n in names},
         "table": Path(table).name,
         "predicted_ms": {"dense": cost.exact(list(ctx.graph.group_sizes)), **{n: cost.exact(rows[n]) for n in names}},
     }
@@ -775,6 +789,14 @@ def latency_row(runs: list[dict[str, Any]]) -> str:
     return max(score, key=lambda m: score[m])
 
 
+def timed_fraction(timing: dict[str, Any], name: str) -> float:
+    """A row's measured fraction of dense in one host's timing: paired by round where that timing has it (since the
+    statistic changed), else the ratio of the two quietest rounds (the earlier timings)."""
+    if "fractions" in timing:
+        return float(timing["fractions"][name])
+    return float(timing["ms"][name]) / float(timing["dense_ms"])
+
+
 def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ours = latency_row(runs)
     out = []
@@ -805,10 +827,10 @@ def summarise(runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> list
                 ms = [t["ms"][timed_as(r)] for r in rs if timed_as(r) in t["ms"]]
                 if ms:
                     row[f"ms@{t['host']['fingerprint']}"] = statistics.mean(ms)
-                    row[f"over_target@{t['host']['fingerprint']}"] = statistics.mean(m / (target * t["dense_ms"]) for m in ms)
+                    row[f"over_target@{t['host']['fingerprint']}"] = statistics.mean(timed_fraction(t, timed_as(r)) / target for r in rs if timed_as(r) in t["ms"])
                 predicted = t.get("predicted_ms", {})
                 # as fractions of dense, what a budget asks: the machine's level at the table's calibration is taken out
-                errors = [(predicted[n] / predicted["dense"]) / (t["ms"][n] / t["dense_ms"]) - 1
+                errors = [(predicted[n] / predicted["dense"]) / timed_fraction(t, n) - 1
                           for n in map(timed_as, rs) if n in t["ms"] and n in predicted and "dense" in predicted]
                 if errors:
                     row[f"model_error@{t['host']['fingerprint']}"] = statistics.mean(errors)
@@ -830,18 +852,22 @@ NEAR_DENSE_TARGET, NEAR_DENSE_PT = 0.7, 1.0
 
 
 def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]:
-    """The issue's goals, each met or missed, said plainly from the rows (the latest host's timing)."""
+    """The issue's goals, each met or missed, said plainly from the rows (the latency goal on every host that timed them)."""
     lines = ["## Against the goal", ""]
     at = {r["method"]: r for r in rows if r["target"] == HEADLINE_TARGET}
     ours = next((r for r in at.values() if r["hwdsa_row"]), None)
     if ours is None:
         return lines + [f"hwdsa's row has not finished at T = {HEADLINE_TARGET:.0%}."]
-    host = next((k.split("@")[1] for k in reversed(list(ours)) if k.startswith("over_target@")), None)
-    if host is not None:
+    # Every host that timed the rows, the suite's own (where its architectures were searched and bisected) first:
+    # on another host the same networks answer to a budget measured elsewhere, which the report shows, not hides.
+    suite_hosts = {r["host"]["fingerprint"] for r in runs if "host" in r}
+    hosts = sorted((k.split("@")[1] for k in ours if k.startswith("over_target@")), key=lambda h: h not in suite_hosts)
+    for host in hosts:
         over = {m: r[f"over_target@{host}"] for m, r in at.items() if f"over_target@{host}" in r and m not in CONTROLS}
         worst = max(over, key=over.__getitem__)
         ok = over[worst] <= GOAL_TOLERANCE
-        lines.append(f"- Every pruned row at most {GOAL_TOLERANCE} T at {HEADLINE_TARGET:.0%} (timed on `{host}`): "
+        role = "the suite's host" if host in suite_hosts else "re-timed on another host, budgets set on the suite's"
+        lines.append(f"- Every pruned row at most {GOAL_TOLERANCE} T at {HEADLINE_TARGET:.0%} (timed on `{host}`, {role}): "
                      f"{'met' if ok else 'missed'} (highest: {worst}, {over[worst]:.3f} T).")  # fmt: skip
     for m in COMPETITORS:
         r = at.get(m)
@@ -996,7 +1022,7 @@ def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]])
         rs = [r for r in runs if r["method"] == method]
         if not rs:
             continue
-        x = [(t["ms"][timed_as(r)] / t["dense_ms"]) if t and timed_as(r) in t["ms"] else r["measured_fraction"] for r in rs]
+        x = [timed_fraction(t, timed_as(r)) if t and timed_as(r) in t["ms"] else r["measured_fraction"] for r in rs]
         ax.scatter(x, [100 * r["accuracy"] for r in rs], label=method, marker="os^DvpPX"[k % 8], color=f"C{k}")
     dense = runs[0].get("dense_accuracy")
     if dense:  # a line, not a point at 1.0, so that the pruned points keep the width of the plot

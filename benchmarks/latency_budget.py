@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,12 +40,12 @@ from hwdsa.dsa.search import DsaSearch, SearchConfig
 from hwdsa.graph import trace_channel_graph
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import paddings_from_model
-from hwdsa.lut.network import backend_for_table, calibrate_table, measure_pruned
+from hwdsa.lut.network import backend_for_table, calibrate_table, fractions_of_reference, measure_rounds
 from hwdsa.lut.rounding import round_for_budgets
 from hwdsa.lut.table import LatencyTable, packaged_tables
 from hwdsa.lut.verify import meet_measured_budget
 from hwdsa.models import create_model, default_input_shape
-from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
 from hwdsa.training import TrainConfig
 
 from _command import portable_args, portable_path
@@ -175,15 +176,15 @@ def verify_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Time every pruned network (model-only and verified rounding) and its dense model in the same rounds (core 1).
 
-    Two passes over every (table, model), minutes apart: each network's latency is its quietest timing of both
-    (the statistic the tables and the check use), and the verified ratio of each pass alone says how far this
-    machine's own timing of the same networks moves between two stretches of time.
+    Two passes over every (table, model), minutes apart. A pruned network's fraction of dense is paired by round
+    (`hwdsa.profilers.paired_fraction`: each round's ratio to the dense network timed just before it, the median
+    over the rounds of both passes), the statistic the device check now uses; each pass alone gives the verified
+    ratio again, this machine's own pass-to-pass spread. Milliseconds are the quietest round of both passes.
     """
     protocol = TimingProtocol(warmup=args.warmup, repeats=args.repeats, min_run_ms=args.min_run_ms, rounds=args.rounds)
     _on_core(1)
     # Per (table, model): what to time, built once. The dense network before each budget's pair, as the device
-    # check times it: the requested latency is a fraction of it, and it is the noisiest network timed here (the
-    # quietest of all its timings is kept).
+    # check times it: the requested latency is a fraction of it.
     groups: list[tuple[list[dict[str, Any]], Any, Any, Any, list[list[int]]]] = []
     for table_path, model_name in dict.fromkeys((r["table"], r["model"]) for r in rows):
         model = create_model(model_name)
@@ -194,28 +195,29 @@ def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         for r in sel:
             nets += [dense, [int(c) for c in r["channels"].split()], [int(c) for c in r["verified_channels"].split()]]
         groups.append((sel, model, graph, _backend(LatencyTable.read(sel[0]["calibrated_table"])), nets))
-    passes: list[list[list[float]]] = [[], []]
+    passes: list[list[list[list[Measurement]]]] = [[], []]
     for timed in passes:
         for _, model, graph, backend, nets in groups:
-            timed.append(measure_pruned(model, graph, nets, backend, protocol))
-    for (sel, *_), first, second in zip(groups, *passes):
-        measured = [min(a, b) for a, b in zip(first, second)]
-        dense_ms = min(measured[0::3])
-        for k, one in enumerate((first, second), start=1):
-            dense_one = min(one[0::3])
+            timed.append(measure_rounds(model, graph, nets, backend, protocol))
+    for (sel, _, _, _, nets), first, second in zip(groups, *passes):
+        is_dense = [i % 3 == 0 for i in range(len(nets))]
+        ratios = [fractions_of_reference(one, is_dense) for one in (first, second)]
+        quiet = [min(quietest(a).median_ms, quietest(b).median_ms) for a, b in zip(first, second)]
+        dense_ms = min(quiet[0::3])
+        for k, (one, rk) in enumerate(zip((first, second), ratios), start=1):
             for i, r in enumerate(sel):
-                r[f"verified_over_requested_pass{k}"] = one[3 * i + 2] / dense_one / r["budget_fraction"]
-                r[f"dense_measured_ms_pass{k}"] = dense_one
+                r[f"verified_over_requested_pass{k}"] = statistics.median(rk[3 * i + 2]) / r["budget_fraction"]
+                r[f"dense_measured_ms_pass{k}"] = min(quietest(one[j]).median_ms for j in range(0, len(nets), 3))
         for i, r in enumerate(sel):
-            ms, verified_ms = measured[3 * i + 1], measured[3 * i + 2]
-            r["measured_ms"] = ms
-            r["verified_measured_ms"] = verified_ms
+            fraction, verified_fraction = (statistics.median(ratios[0][3 * i + j] + ratios[1][3 * i + j]) for j in (1, 2))
+            r["measured_ms"] = fraction * dense_ms
+            r["verified_measured_ms"] = verified_fraction * dense_ms
             r["dense_measured_ms"] = dense_ms
-            r["measured_over_budget"] = ms / r["budget_ms"]
-            r["measured_fraction_of_measured_dense"] = ms / dense_ms
+            r["measured_over_budget"] = r["measured_ms"] / r["budget_ms"]
+            r["measured_fraction_of_measured_dense"] = fraction
             # The budget as the user states it: a fraction of the dense model's latency, timed in the same rounds.
-            r["measured_over_requested"] = r["measured_fraction_of_measured_dense"] / r["budget_fraction"]
-            r["verified_over_requested"] = verified_ms / dense_ms / r["budget_fraction"]
+            r["measured_over_requested"] = fraction / r["budget_fraction"]
+            r["verified_over_requested"] = verified_fraction / r["budget_fraction"]
             r["within_goal"] = GOAL[0] <= r["measured_over_requested"] <= GOAL[1]
             r["verified_within_goal"] = GOAL[0] <= r["verified_over_requested"] <= GOAL[1]
             _log.info(
@@ -320,12 +322,14 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "each table's calibrated latency cost, then two roundings of the searched keep ratios: the cost model's "
         "(`hwdsa prune --latency F`) and the one checked on the device (`hwdsa prune --latency F --verify-latency`: the "
         "roundings under 0.7-1.15 times the budget timed together with the dense network, which is timed before every 4 "
-        "of them; the largest measured within 0.985 of the budget (`--verify-margin 0.015`) kept; when all measure over "
-        "that, the fastest one's measured error rescales the limits and a lower set is timed: *extended*). Then the dense "
-        f"network and both pruned ones timed end to end in two passes of {args.rounds} interleaved rounds, minutes apart "
-        "(the quietest of both kept; the dense network before each pair, its quietest of all) on core 1. *measured / "
-        "requested* = (pruned ms / dense ms, both measured now) / budget fraction: the budget as `--latency 0.5` states "
-        "it; *each pass* gives the verified ratio from one pass alone, this machine's own run-to-run spread. "
+        "of them, each candidate's fraction of dense paired by round; the largest measured within 0.985 of the budget "
+        "(`--verify-margin 0.015`) kept; when all measure over that, the fastest one's measured error rescales the limits "
+        "and a lower set is timed: *extended*). Then the dense network and both pruned ones timed end to end in two "
+        f"passes of {args.rounds} interleaved rounds on core 1, the dense network before each pair. *measured / "
+        "requested* = the pruned network's fraction of dense (each round's ratio to the dense network timed just before "
+        "it, the median over the rounds of both passes: `hwdsa.profilers.paired_fraction`) / budget fraction: the budget "
+        "as `--latency 0.5` states it; *each pass* gives the verified ratio from one pass alone, this machine's own "
+        "pass-to-pass spread. "
         + (
             "Each table's calibration for the model was refitted in this session right before its searches, as `hwdsa fit` "
             f"does ({args.calibration_networks} networks, {args.calibration_rounds} interleaved rounds, on core 1; the "

@@ -6,7 +6,13 @@ network once, `hwdsa.lut.network.measure_rounds`). Two ways to combine the round
 
 - `quietest`: the lowest round median (`hwdsa.profilers.base.quietest`, hwdsa's statistic);
 - `median_of_minima`: the median over rounds of each round's minimum (the independent timer's);
-- and, for reference, `min_of_minima` and `median_of_medians`.
+- and, for reference, `min_of_minima` and `median_of_medians`;
+- paired by round, for fractions of dense only: each round's ratio of a network to the dense network timed in
+  the same round, then the median over rounds (`paired_minima`: of the round minima; `paired_medians`: of the
+  round medians). A machine whose level drifts over seconds moves both sides of a ratio together.
+
+The last `--duplicates` prunings are timed a second time at the end of every round: an identical network at
+another place in the same rounds, so its two results differ by the statistic's noise within one pass.
 
 The networks are the dense model and prunings drawn per group independently on the backend's channel
 lattice (wide early and narrow late stages occur, unlike a width-first draw). Timing runs on one core with
@@ -54,6 +60,28 @@ STATISTICS: dict[str, Callable[[Sequence[Measurement]], float]] = {
 }
 
 
+#: Fractions of dense from the rounds of both: (dense's rounds, the network's rounds) -> the network's fraction.
+PAIRED: dict[str, Callable[[Sequence[Measurement], Sequence[Measurement]], float]] = {
+    "paired_minima": lambda dense, ms: statistics.median(m.min_ms / d.min_ms for d, m in zip(dense, ms)),
+    "paired_medians": lambda dense, ms: statistics.median(m.median_ms / d.median_ms for d, m in zip(dense, ms)),
+}
+
+
+def fraction_repeatability(per_pass: list[np.ndarray]) -> dict[str, float]:
+    """Pass-to-pass |a/b − 1| of each pruned network's fraction of dense, over all pass pairs."""
+    frac = [np.abs(a / b - 1.0) for a, b in itertools.combinations(per_pass, 2)]
+    return {"fraction_mean": float(np.mean(frac)), "fraction_max": float(np.max(frac))}
+
+
+def duplicate_spread(fractions: list[np.ndarray], duplicates: int) -> dict[str, float]:
+    """|a/a' − 1| of each duplicated network's two fractions of dense within one pass, over all passes."""
+    if not duplicates:
+        return {}
+    unique = len(fractions[0]) - duplicates
+    d = [np.abs(f[unique - duplicates : unique] / f[unique:] - 1.0) for f in fractions]
+    return {"duplicate_mean": float(np.mean(d)), "duplicate_max": float(np.max(d))}
+
+
 def repeatability(per_pass: list[np.ndarray]) -> dict[str, float]:
     """Pass-to-pass |a/b − 1| of each network's latency and of its fraction of dense (network 0), over all pass pairs."""
     ms, frac = [], []
@@ -75,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--multiple", type=int, default=8, help="channel lattice of the draws (ONNX Runtime's)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--repeats", type=int, default=100, help="timed runs per network per round")
+    p.add_argument("--duplicates", type=int, default=3, help="prunings timed twice in every round (within-pass noise)")
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--gap-s", type=float, default=300.0, help="seconds between passes")
     p.add_argument("--core", type=int, default=None, help="pin the timing to this core")
@@ -92,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     graph = trace_channel_graph(model, default_input_shape(args.model))
     rng = random.Random(args.seed)
     nets = [list(graph.group_sizes)] + [independent_channels(graph, rng, multiple=args.multiple) for _ in range(args.networks)]
+    if not 0 <= args.duplicates <= args.networks:
+        p.error(f"--duplicates must be between 0 and --networks ({args.networks})")
+    nets += nets[len(nets) - args.duplicates :]  # timed again at the end of each round
     backend = get_backend("onnxruntime", num_threads=1)
     protocol = TimingProtocol(warmup=10, repeats=args.repeats, max_attempts=1)
     passes: list[list[list[Measurement]]] = []
@@ -107,9 +139,16 @@ def main(argv: list[str] | None = None) -> int:
             _log.info("pass %d: %d networks x %d rounds in %.0f s", k + 1, len(nets), args.rounds, time.perf_counter() - t0)
 
     results = {}
+    unique = len(nets) - args.duplicates
     for name, stat in STATISTICS.items():
         per_pass = [np.array([stat(rounds) for rounds in one]) for one in passes]
-        results[name] = {"repeatability": repeatability(per_pass), "ms": [x.tolist() for x in per_pass]}
+        fractions = [x[1:] / x[0] for x in per_pass]
+        results[name] = {"repeatability": {**repeatability([x[:unique] for x in per_pass]), **duplicate_spread(fractions, args.duplicates)},
+                         "ms": [x.tolist() for x in per_pass]}  # fmt: skip
+    for name, paired in PAIRED.items():
+        fractions = [np.array([paired(one[0], rounds) for rounds in one[1:]]) for one in passes]
+        results[name] = {"repeatability": {**fraction_repeatability([f[: unique - 1] for f in fractions]), **duplicate_spread(fractions, args.duplicates)},
+                         "fractions": [f.tolist() for f in fractions]}  # fmt: skip
     record: dict[str, Any] = {
         "host": host_record(),
         "command": reproduce_command("timing_statistic.py", argv),
@@ -120,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         "passes_started": started,
         "gap_s": args.gap_s,
         "paused_other_processes": bool(pids),
+        "duplicates": args.duplicates,
         "statistics": results,
+        # every round's minimum and median per network, per pass: any other statistic can be judged offline
+        "rounds_min_ms": [[[m.min_ms for m in rounds] for rounds in one] for one in passes],
+        "rounds_median_ms": [[[m.median_ms for m in rounds] for rounds in one] for one in passes],
     }
     out = Path(args.out)
     write_json_atomic(out / f"{args.name}.json", record)
@@ -134,19 +177,26 @@ def markdown(r: dict[str, Any]) -> str:
         "# Timing statistic: which combination of interleaved rounds repeats best",
         "",
         f"Host: {r['host']['cpu']} (fingerprint `{r['host']['fingerprint']}`). {r['model']}: the dense network and "
-        f"{len(r['networks']) - 1} prunings drawn per group independently, ONNX Runtime, one thread, one core; "
+        f"{len(r['networks']) - 1 - r.get('duplicates', 0)} prunings drawn per group independently, ONNX Runtime, one thread, one core; "
         f"{r['rounds']} interleaved rounds of {r['repeats']} runs per pass, {len(r['passes_started'])} passes "
         f"{r['gap_s']:.0f} s apart (started {', '.join(r['passes_started'])})"
         + (", other processes paused during each pass." if r["paused_other_processes"] else "."),
         "",
-        "Pass-to-pass difference (all pass pairs, all networks), the same samples for every statistic:",
+        "Pass-to-pass difference (all pass pairs, all networks), the same samples for every statistic; *same network "
+        f"twice*: the last {r.get('duplicates', 0)} prunings timed again at the end of every round, the difference between "
+        "their two fractions of dense within one pass (all passes). The paired statistics give fractions only:",
         "",
-        "| statistic | ms: mean | ms: max | fraction of dense: mean | fraction of dense: max |",
-        "|---|---|---|---|---|",
+        "| statistic | ms: mean | ms: max | fraction of dense: mean | fraction of dense: max | same network twice: mean | max |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def pct(q: dict[str, float], key: str) -> str:
+        return f"{q[key]:.2%}" if key in q else "–"
+
     for name, s in r["statistics"].items():
         q = s["repeatability"]
-        lines.append(f"| {name} | {q['ms_mean']:.2%} | {q['ms_max']:.2%} | {q['fraction_mean']:.2%} | {q['fraction_max']:.2%} |")
+        cells = [pct(q, k) for k in ("ms_mean", "ms_max", "fraction_mean", "fraction_max", "duplicate_mean", "duplicate_max")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"Reproduce: `{r['command']}`", ""]
     return "\n".join(lines)
 

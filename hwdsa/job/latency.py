@@ -212,7 +212,7 @@ class JobLatency:
         from hwdsa.errors import BackendUnavailableError, TableError
         from hwdsa.lut.network import backend_for_table, measure_rounds
         from hwdsa.profilers.backend import get_backend
-        from hwdsa.profilers.base import quietest
+        from hwdsa.profilers.base import paired_fraction, quietest
 
         cfg = self.config
         latency = next((b for b in budgets if b.cost.name in self.tables), None)
@@ -232,6 +232,9 @@ class JobLatency:
         rounds = measure_rounds(model, graph, [dense_channels, channels], backend, rounds=cfg.measure_rounds)
         timings["measure_latency_s"] = time.perf_counter() - t0
         dense, pruned = (quietest(r) for r in rounds)
+        # the pruned network as a fraction of the dense one timed just before it in each round (the machine's
+        # drift cancels), expressed against the dense network's quietest round
+        pruned_ms = paired_fraction(rounds[0], rounds[1]) * dense.median_ms
         predicted: dict[str, float | None] = {"predicted_dense_ms": None, "predicted_pruned_ms": None, "budget_ms": None}
         requested = None
         if latency is not None:
@@ -248,7 +251,7 @@ class JobLatency:
             device=backend.device_description(),
             dense_ms=dense.median_ms,
             dense_iqr_ms=dense.q3_ms - dense.q1_ms,
-            pruned_ms=pruned.median_ms,
+            pruned_ms=pruned_ms,
             pruned_iqr_ms=pruned.q3_ms - pruned.q1_ms,
             rounds=cfg.measure_rounds,
             requested_fraction=requested,

@@ -66,8 +66,9 @@ class PrunedSummary:
 
 @dataclass(frozen=True)
 class MeasuredLatency:
-    """The dense and the pruned network timed together on this machine (interleaved rounds, each network's
-    quietest round: the statistic the tables are measured with), with the budget they are held to."""
+    """The dense and the pruned network timed together on this machine in interleaved rounds, with the budget they
+    are held to: the dense network's quietest round (the statistic the tables are measured with), and the pruned
+    one as its fraction of dense paired by round (`hwdsa.profilers.paired_fraction`) times that."""
 
     backend: str
     device: str

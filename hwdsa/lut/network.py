@@ -36,7 +36,7 @@ from hwdsa.lut.fit import parse_interpolation
 from hwdsa.lut.grid import GridConfig, paddings_from_model, plan_grid
 from hwdsa.lut.table import LatencyTable, TableMeta
 from hwdsa.profilers.backend import Backend, OnnxBackend, resolve_backend
-from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
+from hwdsa.profilers.base import Measurement, TimingProtocol, quietest, round_ratios
 from hwdsa.profilers.runner import profile_specs
 
 _log = logging.getLogger(__name__)
@@ -265,6 +265,25 @@ def measure_rounds(
     return samples
 
 
+def fractions_of_reference(per_round: Sequence[Sequence[Measurement]], is_reference: Sequence[bool]) -> list[list[float]]:
+    """Each network's per-round ratios to the reference timed last before it in the same round (`measure_rounds`).
+
+    A reference (the dense network, timed every few networks) sits at the positions `is_reference` marks, the first
+    of them before every other network. The median of a network's ratios is its `paired_fraction`; the lists are
+    returned whole so that a check timing the same network in several runs can pool them. A reference's own
+    entry is its ratio to itself.
+    """
+    if len(per_round) != len(is_reference) or not is_reference or not is_reference[0]:
+        raise ValueError("fractions_of_reference() needs one flag per network and a reference first")
+    out: list[list[float]] = []
+    ref = 0
+    for i, rounds in enumerate(per_round):
+        if is_reference[i]:
+            ref = i
+        out.append(round_ratios(per_round[ref], rounds))
+    return out
+
+
 #: Networks a calibration is fitted on by default (the dense one and N-1 random prunings): with 8, two
 #: default runs on one quiet host gave 47% and 100% of held-out networks within ±10% (issue 14).
 DEFAULT_CALIBRATION_NETWORKS = 16
@@ -431,6 +450,7 @@ __all__ = [
     "calibration_networks",
     "latency_table_for",
     "deployable",
+    "fractions_of_reference",
     "measure_pruned",
     "measure_rounds",
     "profile_network",

@@ -10,14 +10,18 @@ margin for the noise of the measurement itself, is kept (NetAdapt's rule: measur
 On a shared machine the latency level moves, in windows of seconds and for minutes at a time, and the
 dense network moves most (its weights stream from the shared cache or memory): a check that timed it
 only in a busy stretch would set the target too high. So the dense network is timed before every few
-candidates, a confirmation run times it again with the kept candidate and its neighbours, and every
-network's latency is the quietest of all its timings. The searched keep ratios stay as they are; only
-the final integer counts move.
+candidates, a confirmation run times it again with the kept candidate and its neighbours, and each
+candidate is measured as a fraction of it: in every round, its median over the dense network's median
+timed just before it, the median over all those rounds (`hwdsa.profilers.paired_fraction`; the drift
+of the machine's level cancels in a ratio taken within a round). Its latency in ms is that fraction of
+the dense network's quietest timing. The searched keep ratios stay as they are; only the final integer
+counts move.
 """
 
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +33,10 @@ from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.graph import ChannelGraph
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import measure_pruned
+from hwdsa.lut.network import fractions_of_reference, measure_rounds
 from hwdsa.lut.rounding import round_for_budgets, rounding_steps
 from hwdsa.profilers.backend import Backend
-from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.base import TimingProtocol, quietest
 
 _log = logging.getLogger(__name__)
 
@@ -58,9 +62,9 @@ EXTEND_RUNS = 2
 #: network measured exactly at the target measures over it half the time; and the largest of several
 #: noisy candidates under a limit is more often one that measured low than one that measured high.
 DEFAULT_MARGIN = 0.015
-#: The dense network is timed before every this many candidates of a run (its latency is the
-#: quietest of all its timings): the target is a fraction of it, and it is the noisiest network timed
-#: (VGG-16's 59 MB of weights stream from memory; 5% run to run here, against 1.5-2.5% pruned).
+#: The dense network is timed before every this many candidates of a run: each candidate's fraction of it
+#: is taken against the dense timing just before it in the same round, a few networks' time away (it is also
+#: the noisiest network timed alone: VGG-16's 59 MB of weights stream from memory; 5% run to run here).
 DENSE_EVERY = 4
 #: When the dense network's quietest timings of two runs differ by more than this, the machine's
 #: load changed during the check, and a warning says so.
@@ -76,7 +80,9 @@ class MeasuredBudget:
     `dense_runs_ms` the dense network's quietest timing in each run of the check (its latency is the
     lowest). `candidates` lists every distinct rounding timed, in increasing order of model limit:
     its limit, prediction, the run that first timed it (``"stage"``: ladder, extended, confirm, nudge), its
-    timings (the quietest of each run it was in) and its measured latency, the lowest of them.
+    timings (the quietest of each run it was in), its per-round ratios to the dense network (``"round_ratios"``,
+    every run pooled), its measured fraction of dense (their median) and its measured latency (that fraction of
+    the dense network's latency).
     `met`: the kept one measured within the target.
     """
 
@@ -138,9 +144,9 @@ def meet_measured_budget(
     Each factor f of `ladder` gives a rounding under the model limit f · budget.limit
     (`round_for_budgets`; infeasible limits are skipped). The distinct candidates and the dense
     network (before every `DENSE_EVERY` candidates) are timed together on `backend`
-    (`measure_pruned`: interleaved rounds, quietest kept; default `DEFAULT_ROUNDS`). Every network's
-    latency is the quietest of all its timings in every run of the check, the dense network's too;
-    the target is `fraction` times the dense network's latency, or the budget's limit in ms when
+    (`measure_rounds`: interleaved rounds; default `DEFAULT_ROUNDS`). The dense network's latency is the
+    quietest of all its timings in every run of the check; a candidate's is its fraction of dense (the median of
+    its per-round ratios to the dense timing before it, every run pooled) times that; the target is `fraction` times the dense network's latency, or the budget's limit in ms when
     `fraction` is None, and the aim (1 - `margin`) x the target. The kept candidate is the largest
     measured within the aim among those that no other one within the aim keeps more channels than in every
     group (`undominated`); if none is within the aim, the fastest (`met` False when it measured over the target,
@@ -192,17 +198,21 @@ def meet_measured_budget(
             if i % DENSE_EVERY == 0:
                 nets.append(dense)
             nets.append(list(ch))
-        measured = measure_pruned(model, graph, nets, backend, proto)
-        dense_runs.append(min(ms for net, ms in zip(nets, measured) if net is dense))
-        for net, ms in zip(nets, measured):
-            if net is dense:
+        per_round = measure_rounds(model, graph, nets, backend, proto)
+        is_dense = [net is dense for net in nets]
+        dense_runs.append(min(quietest(r).median_ms for r, d in zip(per_round, is_dense) if d))
+        for net, rounds, ratios, d in zip(nets, per_round, fractions_of_reference(per_round, is_dense), is_dense):
+            if d:
                 continue
             ch = tuple(net)
             row = timed.setdefault(
-                ch, {"limit_ms": candidates[ch], "channels": net, "predicted_ms": cost.exact(ch), "stage": stage, "timings_ms": []}
+                ch, {"limit_ms": candidates[ch], "channels": net, "predicted_ms": cost.exact(ch), "stage": stage, "timings_ms": [], "round_ratios": []}
             )  # fmt: skip
-            row["timings_ms"].append(ms)
-            row["measured_ms"] = min(row["timings_ms"])
+            row["timings_ms"].append(quietest(rounds).median_ms)
+            row["round_ratios"].extend(ratios)
+            row["measured_fraction"] = statistics.median(row["round_ratios"])
+        for row in timed.values():  # the dense network's quietest may have dropped in this run
+            row["measured_ms"] = row["measured_fraction"] * min(dense_runs)
 
     def target_now() -> float:
         return budget.limit if fraction is None else fraction * min(dense_runs)
@@ -278,7 +288,8 @@ def meet_measured_budget(
     if max(dense_runs) > (1 + DENSE_DISAGREE) * min(dense_runs):
         _log.warning(
             "the dense network measured %s ms in the check's runs (quietest of each): this machine's load changed while "
-            "it ran, and the kept network was chosen against the quietest; check it again on an idle machine",
+            "it ran (each candidate's fraction of it is taken within a round, but its ms are that fraction of the "
+            "quietest); check it again on an idle machine",
             ", ".join(f"{d:.4g}" for d in dense_runs),
         )  # fmt: skip
     met = best["measured_ms"] <= target

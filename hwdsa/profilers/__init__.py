@@ -27,6 +27,7 @@ from .backend import register_backend as register_backend
 from .base import LayerSpec as LayerSpec
 from .base import Measurement as Measurement
 from .base import TimingProtocol as TimingProtocol
+from .base import paired_fraction as paired_fraction
 from .base import quietest as quietest
 from .bundle import Bundle as Bundle
 from .bundle import read_bundle as read_bundle
@@ -59,6 +60,7 @@ __all__ = [
     "make_meta",
     "measure_network",
     "profile_specs",
+    "paired_fraction",
     "quietest",
     "read_bundle",
     "read_specs",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -178,13 +178,35 @@ def quietest(measurements: Iterable[Measurement]) -> Measurement:
     its quartiles, noise flag and load average are kept with it. Against the median over rounds of each
     round's minimum, on the same samples (`benchmarks/timing_statistic.py`), it repeated better between
     passes minutes apart in one of two comparisons on this project's shared VMs and worse in the other;
-    the minimum over all rounds was the most repeatable in both. It stays hwdsa's one statistic until a
-    longer comparison settles the choice.
+    the minimum over all rounds was the most repeatable in both. It is hwdsa's statistic for a latency in
+    milliseconds (a table entry, a calibration network); a *fraction* of a reference timed in the same rounds
+    is `paired_fraction`'s.
     """
     ms = list(measurements)
     if not ms:
         raise ValueError("quietest() needs at least one measurement")
     return min(ms, key=lambda m: m.median_ms)
+
+
+def paired_fraction(reference: Sequence[Measurement], measurements: Sequence[Measurement]) -> float:
+    """A network's latency as a fraction of a reference's: the median over rounds of each round's ratio of medians.
+
+    Round r of `measurements` must have been timed right after round r of `reference` (the same interleaved
+    round, `hwdsa.lut.network.measure_rounds`). Where the machine's level drifts over seconds, both sides of a
+    ratio taken within a round move together, and the drift cancels; the quietest of each side alone comes
+    from two different moments. On the same samples (`benchmarks/timing_statistic.py`, an Intel Xeon VM whose
+    level moved 6-10% between passes five minutes apart) this repeated a fraction of dense to 0.8% mean (2.1%
+    max) between passes, against 1.8% (4.8%) for the ratio of the quietest rounds. Budgets are fractions of
+    the dense network, so checks and reports of a budget take them this way.
+    """
+    return statistics.median(round_ratios(reference, measurements))
+
+
+def round_ratios(reference: Sequence[Measurement], measurements: Sequence[Measurement]) -> list[float]:
+    """Each round's median over the reference's median in the same round: what `paired_fraction` takes the median of."""
+    if not reference or len(reference) != len(measurements):
+        raise ValueError(f"paired rounds need the same rounds of both; got {len(reference)} and {len(measurements)}")
+    return [m.median_ms / r.median_ms for r, m in zip(reference, measurements)]
 
 
 def _quartiles(samples: list[float]) -> tuple[float, float, float]:

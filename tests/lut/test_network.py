@@ -20,6 +20,7 @@ from hwdsa.lut.network import (
     calibrate_table,
     calibration_networks,
     deployable,
+    fractions_of_reference,
     independent_channels,
     measure_pruned,
     measure_rounds,
@@ -202,3 +203,15 @@ def test_log_width_draw_covers_small_networks() -> None:
     first = calibration_networks(graph, 24, seed=0)
     assert first[0] == list(graph.group_sizes)
     assert sum(sum(k / c for k, c in zip(ch, graph.group_sizes)) / len(ch) < 0.32 for ch in first[1:]) >= 6
+
+
+def test_fractions_pair_each_network_with_the_reference_timed_before_it() -> None:
+    """References at 0 and 3: networks 1-2 are divided by the first, 4 by the second, round by round."""
+    m = lambda ms: Measurement(ms, ms, ms, ms, 3, 1, False, 0.0)  # noqa: E731
+    per_round = [[m(2.0), m(4.0)], [m(1.0), m(2.0)], [m(1.5), m(2.0)], [m(1.0), m(8.0)], [m(0.5), m(2.0)]]
+    out = fractions_of_reference(per_round, [True, False, False, True, False])
+    assert out == [[1.0, 1.0], [0.5, 0.5], [0.75, 0.5], [1.0, 1.0], [0.5, 0.25]]
+    with pytest.raises(ValueError, match="reference first"):
+        fractions_of_reference(per_round, [False, True, False, True, False])
+    with pytest.raises(ValueError, match="one flag per network"):
+        fractions_of_reference(per_round, [True])

@@ -1,13 +1,15 @@
 """Closing the loop on the device (`hwdsa.lut.verify`): real tables, real pruned networks timed on this CPU.
 
 Timings are noisy, so the assertions are the rules the check must keep whatever the machine does: the
-candidates are roundings of the search under their limits, the counts kept were timed, every latency is
-the quietest of its timings, the target is the fraction of the dense network measured alongside, and
-the kept candidate is the largest within the aim, a margin under it.
+candidates are roundings of the search under their limits, the counts kept were timed, a candidate's latency
+is its fraction of the dense network paired by round (every run pooled) times the dense network's quietest
+timing, the target is the fraction of the dense network measured alongside, and the kept candidate is the
+largest within the aim, a margin under it.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from hwdsa.lut import verify
 from hwdsa.lut.table import LatencyTable
 from hwdsa.lut.verify import DEFAULT_LADDER, DEFAULT_MARGIN, DENSE_EVERY, EXTEND_RUNS, MeasuredBudget, meet_measured_budget, undominated
 from hwdsa.models import create_model
-from hwdsa.profilers.base import TimingProtocol
+from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
 
 LIGHT = TimingProtocol(warmup=2, repeats=7, max_attempts=1, min_run_ms=0.2, rounds=3)
 SHAPE = (1, 16, 16)
@@ -59,7 +61,10 @@ def _assert_the_rules(check: MeasuredBudget, cost: LatencyCost, fraction: float 
     assert len({tuple(r["channels"]) for r in rows}) == len(rows)  # one row per distinct rounding
     for r in rows:  # every candidate is a rounding of the search under its limit, priced by the model
         assert r["predicted_ms"] <= r["limit_ms"] * (1 + 1e-9) and r["predicted_ms"] == pytest.approx(cost.exact(r["channels"]))
-        assert r["stage"] in ("ladder", "extended", "confirm", "nudge") and r["measured_ms"] == min(r["timings_ms"])
+        assert r["stage"] in ("ladder", "extended", "confirm", "nudge")
+        assert len(r["round_ratios"]) == len(r["timings_ms"]) * LIGHT.rounds  # every round of every run it was in
+        assert r["measured_fraction"] == statistics.median(r["round_ratios"])
+        assert r["measured_ms"] == pytest.approx(r["measured_fraction"] * check.dense_measured_ms)
     for r in rows:  # a nudge raises one group of another candidate by one step, priced between two candidates
         if r["stage"] == "nudge":
             assert any(_one_group_up(other["channels"], r["channels"]) for other in rows if other["stage"] != "nudge")
@@ -164,21 +169,22 @@ def test_a_coarse_ladder_is_refined_between_the_rungs_around_the_kept_one(table_
 
 
 def test_the_kept_candidate_is_nudged_one_group_up(table_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lower rung (0.35 of dense priced, for a 0.7 target) fits the aim with room to spare: its one-group, one-step
+    """The lower rung (0.77 of dense priced, for a 0.9 target) fits the aim with room to spare: its one-group, one-step
     raises priced under the upper rung are timed in the confirmation run (here the only roundings between the two:
-    the refinement between rungs is switched off, as its roundings may coincide with the raises)."""
+    the refinement between rungs is switched off, as its roundings may coincide with the raises). The rung is that
+    high because this small network's fixed overhead prices its smallest pruning at 0.69 of dense on one host here."""
     monkeypatch.setattr(verify, "REFINE_BELOW", 1.0)
     model = _model()
     graph = trace_channel_graph(model, SHAPE)
     table = LatencyTable.read(table_path)
     cost = LatencyCost.fit(table, graph)
     check = meet_measured_budget(
-        model, graph, [0.7] * len(graph.group_sizes), Budget.fraction_of_dense(cost, 0.7), backend_for_table(table.meta),
-        fraction=0.7, protocol=LIGHT, ladder=(0.5, 1.5),
+        model, graph, [0.9] * len(graph.group_sizes), Budget.fraction_of_dense(cost, 0.9), backend_for_table(table.meta),
+        fraction=0.9, protocol=LIGHT, ladder=(0.85, 1.5),
     )  # fmt: skip
-    _assert_the_rules(check, cost, 0.7)
+    _assert_the_rules(check, cost, 0.9)
     nudges = [r for r in check.candidates if r["stage"] == "nudge"]
-    lower = min(check.candidates, key=lambda r: r["limit_ms"])
+    lower = min((r for r in check.candidates if r["stage"] == "ladder"), key=lambda r: r["limit_ms"])  # a nudge's limit may lie below
     assert 0 < len(nudges) <= verify.NUDGES and all(_one_group_up(lower["channels"], r["channels"]) for r in nudges)
     assert all(r["stage"] != "confirm" for r in check.candidates)
 
@@ -207,22 +213,23 @@ def test_a_ladder_that_measures_over_the_target_everywhere_is_extended_downwards
 
 
 def test_the_dense_network_is_timed_between_the_candidates(table_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The target's reference is timed before every `DENSE_EVERY` candidates of each run, and its quietest is used."""
+    """The target's reference is timed before every `DENSE_EVERY` candidates of each run, its quietest is the dense
+    latency, and each candidate's ratios are to the dense timing before it in the same round."""
     import hwdsa.lut.verify as verify
 
     model = _model()
     graph = trace_channel_graph(model, SHAPE)
     table = LatencyTable.read(table_path)
     budget = Budget.fraction_of_dense(LatencyCost.fit(table, graph), 0.7)
-    runs: list[tuple[list[list[int]], list[float]]] = []
-    real = verify.measure_pruned
+    runs: list[tuple[list[list[int]], list[list[Measurement]]]] = []
+    real = verify.measure_rounds
 
-    def recording(*args: Any, **kwargs: Any) -> list[float]:
+    def recording(*args: Any, **kwargs: Any) -> list[list[Measurement]]:
         measured = real(*args, **kwargs)
         runs.append(([list(n) for n in args[2]], measured))
         return measured
 
-    monkeypatch.setattr(verify, "measure_pruned", recording)
+    monkeypatch.setattr(verify, "measure_rounds", recording)
     check = meet_measured_budget(
         model, graph, [0.7] * len(graph.group_sizes), budget, backend_for_table(table.meta), fraction=0.7, protocol=LIGHT
     )
@@ -232,4 +239,10 @@ def test_the_dense_network_is_timed_between_the_candidates(table_path: Path, mon
         places = [i for i, n in enumerate(nets) if n == dense]
         assert places[0] == 0 and len(places) == -(-(len(nets) - len(places)) // DENSE_EVERY)
         assert all(b - a == DENSE_EVERY + 1 for a, b in zip(places, places[1:]))
-        assert dense_ms == min(measured[i] for i in places)
+        assert dense_ms == min(quietest(measured[i]).median_ms for i in places)
+        for i, net in enumerate(nets):  # this run's ratios, to the dense timing last before it, are among its pooled ones
+            if net != dense:
+                ref = max(p for p in places if p < i)
+                pooled = next(r for r in check.candidates if r["channels"] == net)["round_ratios"]
+                these = [m.median_ms / d.median_ms for d, m in zip(measured[ref], measured[i])]
+                assert any(pooled[k : k + len(these)] == these for k in range(0, len(pooled), len(these)))

@@ -9,7 +9,8 @@ import pytest
 
 from _profiler_helpers import LIGHT, check_measurement, conv, tiny_specs
 from hwdsa.errors import ConfigError, TableError
-from hwdsa.profilers import get_backend, profile_specs, quietest, read_table
+from hwdsa.profilers import get_backend, paired_fraction, profile_specs, quietest, read_table
+from hwdsa.profilers.base import round_ratios
 from hwdsa.profilers.base import LayerSpec, Measurement, TimingProtocol
 from hwdsa.profilers.tablefile import partial_path, write_table
 
@@ -97,6 +98,25 @@ def test_quietest_is_the_lowest_median() -> None:
     assert quietest([slow, quiet, slow]) is quiet
     with pytest.raises(ValueError, match="at least one"):
         quietest([])
+
+
+def _at(ms: float) -> Measurement:
+    return Measurement(ms, 0.95 * ms, 1.05 * ms, 0.9 * ms, 5, 1, False, 0.0)
+
+
+def test_a_paired_fraction_cancels_a_drifting_level() -> None:
+    """The machine's level moves between rounds; within a round both networks see the same one. The quietest of
+    each alone come from different rounds and miss the true ratio, the paired one does not."""
+    level = [1.0, 1.3, 0.9, 1.2, 1.1]
+    dense = [_at(2.0 * x) for x in level]
+    pruned = [_at(0.5 * 2.0 * x * (1.15 if r == 2 else 1.0)) for r, x in enumerate(level)]  # one round disturbed
+    assert round_ratios(dense, pruned) == pytest.approx([0.5, 0.5, 0.575, 0.5, 0.5])
+    assert paired_fraction(dense, pruned) == pytest.approx(0.5)
+    assert quietest(pruned).median_ms / quietest(dense).median_ms != pytest.approx(0.5, rel=0.01)
+    with pytest.raises(ValueError, match="same rounds"):
+        paired_fraction(dense, pruned[:-1])
+    with pytest.raises(ValueError, match="same rounds"):
+        round_ratios([], [])
 
 
 def test_resume_false_starts_over(tmp_path: Path) -> None:

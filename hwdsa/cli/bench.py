@@ -74,14 +74,16 @@ def build_report(results: Path) -> Path:
     if not results.is_dir():
         raise ConfigError(f"no results folder at {results}: run a benchmark first (hwdsa bench --list)")
     sections = []
-    for md in sorted(results.glob("*.md")):
-        if md.name in (REPORT_NAME, "README.md"):
-            continue
+    tables = [md for md in sorted(results.glob("*.md")) if md.name not in (REPORT_NAME, "README.md")]
+    # a plot belongs to the result whose name is the longest start of its own (`latency_budget-<host>.png` to
+    # `latency_budget-<host>.md`, not to `latency_budget.md`)
+    owner = {png.name: max((md.stem for md in tables if png.stem.startswith(md.stem)), key=len, default=None) for png in results.glob("*.png")}
+    for md in tables:
         # one level below the report's title, whatever level each result starts at
         lines = md.read_text(encoding="utf-8").strip().splitlines()
         top = min((len(x) - len(x.lstrip("#")) for x in lines if x.startswith("#")), default=2)
         body = "\n".join("#" * (2 - top) + x if x.startswith("#") and top < 2 else x for x in lines)
-        plots = sorted(p.name for p in results.glob(f"{md.stem}*.png"))
+        plots = sorted(name for name, stem in owner.items() if stem == md.stem)
         sections.append("\n\n".join([body, *(f"![{p}]({p})" for p in plots)]))
     if not sections:
         raise ConfigError(f"{results} holds no result tables (*.md): run a benchmark first (hwdsa bench --list)")

@@ -54,6 +54,20 @@ def test_list_run_and_report(suite: Path, capsys: pytest.CaptureFixture[str]) ->
     assert report.startswith("# hwdsa benchmark report") and "\n## toy\n" in report and "| 42 |" in report and "![toy.png](toy.png)" in report
 
 
+def test_a_plot_goes_with_the_result_named_most_like_it(suite: Path) -> None:
+    """`toy.md` and another host's `toy-abc.md`: each gets its own plot only."""
+    results = suite / "results"
+    results.mkdir()
+    for stem in ("toy", "toy-abc"):
+        (results / f"{stem}.md").write_text(f"## {stem}\n")
+        (results / f"{stem}.png").write_bytes(b"")
+    assert main(["bench", "--benchmarks-dir", str(suite), "--report"]) == 0
+    parts = (results / "REPORT.md").read_text().split("---")
+    toy = next(p for p in parts if "## toy\n" in p)
+    other = next(p for p in parts if "## toy-abc\n" in p)
+    assert "![toy.png](toy.png)" in toy and "toy-abc.png" not in toy and "![toy-abc.png](toy-abc.png)" in other
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

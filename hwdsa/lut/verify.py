@@ -53,6 +53,9 @@ REFINE_BELOW = 0.02
 #: and the next one up would otherwise stay unused (measured here: ResNet-20 kept at 0.96 of a 50% target
 #: while the next candidate up measured 0.3% over the aim).
 NUDGES = 6
+#: When the confirmation run moves the choice to a smaller candidate, that one is confirmed (with its own
+#: nudges) in at most this many further runs.
+RECONFIRM_RUNS = 1
 #: When every rung measured over the aim, the fastest rung's prediction is rescaled by the error
 #: measured at it and roundings under these multiples of that are timed, at most `EXTEND_RUNS` times.
 EXTEND_FACTORS: tuple[float, ...] = (0.9, 0.95, 1.0, 1.04)
@@ -159,7 +162,9 @@ def meet_measured_budget(
     on the ladder (and the roundings between it and the next one up when it lies more than
     `REFINE_BELOW` under the aim, and up to `NUDGES` raises of one group by one step that the model,
     corrected by its error measured at the kept candidate, prices within the aim), so that the choice
-    rests on two stretches of the machine's time and the budget is used to within one group's step.
+    rests on two stretches of the machine's time and the budget is used to within one group's step; when
+    that run moves the choice to a smaller candidate, one more run confirms around it
+    (`RECONFIRM_RUNS`).
 
     Raises:
         ConfigError: the budget is not a latency budget, or bad arguments.
@@ -263,19 +268,33 @@ def meet_measured_budget(
         if not lower:
             break
         run(lower, "extended")
+    def confirm_around(best: dict[str, Any]) -> None:
+        """Time `best`, its neighbours on the ladder, the roundings between it and the next one up (when it lies
+        `REFINE_BELOW` under the aim) and its nudges with the dense network again."""
+        by_limit = sorted(timed.values(), key=lambda r: r["limit_ms"])
+        k = next(i for i, r in enumerate(by_limit) if r is best)
+        confirm = {tuple(r["channels"]): r["limit_ms"] for r in by_limit[max(0, k - 1) : k + 2]}
+        aim = aim_now()
+        if k + 1 < len(by_limit) and best["measured_ms"] <= aim and best["measured_ms"] < (1 - REFINE_BELOW) * aim:
+            lo, hi = best["limit_ms"], by_limit[k + 1]["limit_ms"]
+            confirm.update({ch: lim for ch, lim in roundings([lo + (hi - lo) * j / 4 for j in range(1, 4)]).items() if ch not in confirm})
+        nudged = nudges(best, by_limit[k + 1]["predicted_ms"], aim, set(confirm)) if k + 1 < len(by_limit) and best["measured_ms"] <= aim else {}
+        run(dict(sorted({**confirm, **nudged}.items(), key=lambda kv: kv[1])), "confirm")
+        for ch in nudged:
+            timed[ch]["stage"] = "nudge"
+
     # Confirm on a second stretch of time: the kept candidate, its neighbours and the dense network again.
     best = choice()
-    by_limit = sorted(timed.values(), key=lambda r: r["limit_ms"])
-    k = next(i for i, r in enumerate(by_limit) if r is best)
-    confirm = {tuple(r["channels"]): r["limit_ms"] for r in by_limit[max(0, k - 1) : k + 2]}
-    aim = aim_now()
-    if k + 1 < len(by_limit) and best["measured_ms"] <= aim and best["measured_ms"] < (1 - REFINE_BELOW) * aim:
-        lo, hi = best["limit_ms"], by_limit[k + 1]["limit_ms"]
-        confirm.update({ch: lim for ch, lim in roundings([lo + (hi - lo) * j / 4 for j in range(1, 4)]).items() if ch not in confirm})
-    nudged = nudges(best, by_limit[k + 1]["predicted_ms"], aim, set(confirm)) if k + 1 < len(by_limit) and best["measured_ms"] <= aim else {}
-    run(dict(sorted({**confirm, **nudged}.items(), key=lambda kv: kv[1])), "confirm")
-    for ch in nudged:
-        timed[ch]["stage"] = "nudge"
+    confirm_around(best)
+    for _ in range(RECONFIRM_RUNS):
+        moved = choice()
+        if moved is best or moved["measured_ms"] > aim_now():
+            break
+        # The kept one measured over the aim this time and a smaller one took its place: confirm around that one,
+        # with its own nudges, or the budget between it and the next one up stays unused (seen here: PyTorch CPU
+        # ResNet-20 kept at 0.954 of a 70% target after the candidate at 0.988 failed its confirmation).
+        best = moved
+        confirm_around(best)
     best = choice()
     target, aim = target_now(), aim_now()
     rows = sorted(timed.values(), key=lambda r: r["limit_ms"])
@@ -320,6 +339,7 @@ __all__ = [
     "DENSE_EVERY",
     "EXTEND_FACTORS",
     "EXTEND_RUNS",
+    "RECONFIRM_RUNS",
     "REFINE_BELOW",
     "MeasuredBudget",
     "meet_measured_budget",

@@ -148,9 +148,10 @@ def meet_measured_budget(
     (`round_for_budgets`; infeasible limits are skipped). The distinct candidates and the dense
     network (before every `DENSE_EVERY` candidates) are timed together on `backend`
     (`measure_rounds`: interleaved rounds; default `DEFAULT_ROUNDS`). The dense network's latency is the
-    quietest of all its timings in every run of the check; a candidate's is its fraction of dense (the median of
-    its per-round ratios to the dense timing before it, every run pooled) times that; the target is `fraction` times the dense network's latency, or the budget's limit in ms when
-    `fraction` is None, and the aim (1 - `margin`) x the target. The kept candidate is the largest
+    quietest of all its timings in every run of the check; a candidate's is its fraction of dense (the median
+    of its per-round ratios to the dense timing before it, every run pooled) times that; the target is
+    `fraction` times the dense network's latency, or the budget's limit in ms when `fraction` is None, and
+    the aim (1 - `margin`) x the target. The kept candidate is the largest
     measured within the aim among those that no other one within the aim keeps more channels than in every
     group (`undominated`); if none is within the aim, the fastest (`met` False when it measured over the target,
     with a warning that says how far).

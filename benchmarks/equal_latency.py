@@ -50,7 +50,8 @@ Stages (`--stage`), so that the suite spans sessions while every host-dependent 
 - `finetune` (host-independent): BatchNorm recalibration, accuracy before fine-tuning, the fine-tuning,
   test and held-out accuracy. Writes `equal_latency/<run>.{json,pt}`.
 - `time` (host-dependent): the dense and every pruned network in the same interleaved rounds
-  (`--timing-rounds` rounds of `--timing-repeats` runs, the quietest round, `hwdsa.profilers.base.quietest`).
+  (`--timing-rounds` rounds of `--timing-repeats` runs), the dense network before every 4 rows: each row's
+  fraction of dense paired by round (`hwdsa.profilers.paired_fraction`), its ms the quietest round.
   Writes `equal_latency/timing-<fingerprint>.json`; a later host adds its own file beside it.
 - `report`: `equal_latency.{md,csv,json,png}`.
 
@@ -93,7 +94,7 @@ from hwdsa.job import BudgetSpec, PruneJob, PruneJobConfig
 from hwdsa.job.latency import host_table
 from hwdsa.job.run import JobData, job_data
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import fractions_of_reference, measure_rounds
+from hwdsa.lut.network import fractions_of_reference, interleave_reference, measure_rounds
 from hwdsa.lut.rounding import rounding_steps
 from hwdsa.lut.verify import DEFAULT_MARGIN, DENSE_EVERY
 from hwdsa.models import create_model
@@ -212,7 +213,7 @@ def run_key(suite: Suite, target: float, method: str, seed: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- timing
 def _ms(rounds: Sequence[Measurement]) -> float:
-    """hwdsa's one latency statistic over interleaved rounds (`hwdsa.profilers.base.quietest`)."""
+    """hwdsa's statistic for a latency in ms over interleaved rounds (`hwdsa.profilers.base.quietest`)."""
     return quietest(rounds).median_ms
 
 
@@ -727,15 +728,8 @@ def stage_time(ctx: Context, rounds: int, repeats: int) -> None:
     protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
     # the dense network before every DENSE_EVERY rows, as the device check times it: each row's fraction of dense is
     # paired by round with the dense timing just before it (`hwdsa.profilers.paired_fraction`)
-    dense_channels = list(ctx.graph.group_sizes)
-    nets, is_dense, place = [], [], {}
-    for i, n in enumerate(names):
-        if i % DENSE_EVERY == 0:
-            nets.append(dense_channels)
-            is_dense.append(True)
-        place[n] = len(nets)
-        nets.append(rows[n])
-        is_dense.append(False)
+    nets, is_dense, places = interleave_reference([rows[n] for n in names], list(ctx.graph.group_sizes), DENSE_EVERY)
+    place = dict(zip(names, places))
     per_net = measure_rounds(ctx.model, ctx.graph, nets, ctx.backend, protocol, rounds=rounds)
     ratios = fractions_of_reference(per_net, is_dense)
     dense = min(_ms(r) for r, d in zip(per_net, is_dense) if d)

@@ -38,7 +38,7 @@ from hwdsa.job.latency import host_table
 from hwdsa.lut.cache import ENV_VAR
 from hwdsa.lut.cost_model import LatencyCost
 from hwdsa.lut.grid import paddings_from_model
-from hwdsa.lut.network import backend_for_table, fractions_of_reference, independent_channels, measure_rounds
+from hwdsa.lut.network import backend_for_table, fractions_of_reference, independent_channels, interleave_reference, measure_rounds
 from hwdsa.lut.table import LatencyTable
 from hwdsa.lut.verify import DENSE_EVERY
 from hwdsa.models import create_model, default_input_shape
@@ -131,14 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         order = list(range(len(nets)))
         random.Random(0).shuffle(order)
         # the dense network also before every DENSE_EVERY networks: each one's fraction of dense paired by round
-        timed, is_dense, place = [], [], {}
-        for k, i in enumerate(order):
-            if k % DENSE_EVERY == 0:
-                timed.append(nets[0])
-                is_dense.append(True)
-            place[i] = len(timed)
-            timed.append(nets[i])
-            is_dense.append(False)
+        timed, is_dense, places = interleave_reference([nets[i] for i in order], nets[0], DENSE_EVERY)
+        place = dict(zip(order, places))
         backend = backend_for_table(tables[0].meta)
         protocol = TimingProtocol(warmup=10, repeats=args.repeats, max_attempts=1)
         t0 = time.perf_counter()

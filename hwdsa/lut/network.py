@@ -265,6 +265,26 @@ def measure_rounds(
     return samples
 
 
+def interleave_reference(
+    networks: Sequence[Sequence[int]], reference: Sequence[int], every: int
+) -> tuple[list[list[int]], list[bool], list[int]]:
+    """`networks` with `reference` timed before every `every` of them, for `measure_rounds` and then
+    `fractions_of_reference`: the list to time, which of its places are the reference, and where each network went."""
+    if every < 1:
+        raise ValueError(f"every must be >= 1; got {every}")
+    timed: list[list[int]] = []
+    is_reference: list[bool] = []
+    places: list[int] = []
+    for i, net in enumerate(networks):
+        if i % every == 0:
+            timed.append(list(reference))
+            is_reference.append(True)
+        places.append(len(timed))
+        timed.append(list(net))
+        is_reference.append(False)
+    return timed, is_reference, places
+
+
 def fractions_of_reference(per_round: Sequence[Sequence[Measurement]], is_reference: Sequence[bool]) -> list[list[float]]:
     """Each network's per-round ratios to the reference timed last before it in the same round (`measure_rounds`).
 
@@ -451,6 +471,7 @@ __all__ = [
     "latency_table_for",
     "deployable",
     "fractions_of_reference",
+    "interleave_reference",
     "measure_pruned",
     "measure_rounds",
     "profile_network",

@@ -33,7 +33,7 @@ from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.graph import ChannelGraph
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import fractions_of_reference, measure_rounds
+from hwdsa.lut.network import fractions_of_reference, interleave_reference, measure_rounds
 from hwdsa.lut.rounding import round_for_budgets, rounding_steps
 from hwdsa.profilers.backend import Backend
 from hwdsa.profilers.base import TimingProtocol, quietest
@@ -199,13 +199,8 @@ def meet_measured_budget(
 
     def run(candidates: dict[tuple[int, ...], float], stage: str) -> None:
         """Time `candidates` with the dense network; pool each one's timing with its earlier ones."""
-        nets: list[list[int]] = []
-        for i, ch in enumerate(candidates):
-            if i % DENSE_EVERY == 0:
-                nets.append(dense)
-            nets.append(list(ch))
+        nets, is_dense, _ = interleave_reference(list(candidates), dense, DENSE_EVERY)
         per_round = measure_rounds(model, graph, nets, backend, proto)
-        is_dense = [net is dense for net in nets]
         dense_runs.append(min(quietest(r).median_ms for r, d in zip(per_round, is_dense) if d))
         for net, rounds, ratios, d in zip(nets, per_round, fractions_of_reference(per_round, is_dense), is_dense):
             if d:

@@ -22,6 +22,7 @@ from hwdsa.lut.network import (
     deployable,
     fractions_of_reference,
     independent_channels,
+    interleave_reference,
     measure_pruned,
     measure_rounds,
     profile_network,
@@ -215,3 +216,10 @@ def test_fractions_pair_each_network_with_the_reference_timed_before_it() -> Non
         fractions_of_reference(per_round, [False, True, False, True, False])
     with pytest.raises(ValueError, match="one flag per network"):
         fractions_of_reference(per_round, [True])
+
+
+def test_the_reference_is_interleaved_before_every_few_networks() -> None:
+    timed, is_reference, places = interleave_reference([[1], [2], [3]], [9], 2)
+    assert timed == [[9], [1], [2], [9], [3]] and is_reference == [True, False, False, True, False] and places == [1, 2, 4]
+    with pytest.raises(ValueError, match="every"):
+        interleave_reference([[1]], [9], 0)

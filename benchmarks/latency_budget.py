@@ -202,12 +202,12 @@ def measure_all(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     for (sel, _, _, _, nets), first, second in zip(groups, *passes):
         is_dense = [i % 3 == 0 for i in range(len(nets))]
         ratios = [fractions_of_reference(one, is_dense) for one in (first, second)]
-        quiet = [min(quietest(a).median_ms, quietest(b).median_ms) for a, b in zip(first, second)]
-        dense_ms = min(quiet[0::3])
-        for k, (one, rk) in enumerate(zip((first, second), ratios), start=1):
+        dense_per_pass = [min(quietest(one[j]).median_ms for j in range(0, len(nets), 3)) for one in (first, second)]
+        dense_ms = min(dense_per_pass)
+        for k, (rk, dense_one) in enumerate(zip(ratios, dense_per_pass), start=1):
             for i, r in enumerate(sel):
                 r[f"verified_over_requested_pass{k}"] = statistics.median(rk[3 * i + 2]) / r["budget_fraction"]
-                r[f"dense_measured_ms_pass{k}"] = min(quietest(one[j]).median_ms for j in range(0, len(nets), 3))
+                r[f"dense_measured_ms_pass{k}"] = dense_one
         for i, r in enumerate(sel):
             fraction, verified_fraction = (statistics.median(ratios[0][3 * i + j] + ratios[1][3 * i + j]) for j in (1, 2))
             r["measured_ms"] = fraction * dense_ms

@@ -53,7 +53,7 @@ Stages (`--stage`), so that the suite spans sessions while every host-dependent 
   (`--timing-rounds` rounds of `--timing-repeats` runs), the dense network before every 4 rows: each row's
   fraction of dense paired by round (`hwdsa.profilers.paired_fraction`), its ms the quietest round.
   Writes `equal_latency/timing-<fingerprint>.json`; a later host adds its own file beside it.
-- `report`: `equal_latency.{md,csv,json,png}`.
+- `report`: `NAME.{md,csv,json,png}` (`--name`, default `equal_latency`; a suite on a new host is a new name).
 
 Finished runs are skipped; a run file made under other settings is refused (delete it to rerun).
 
@@ -202,6 +202,13 @@ class Suite:
     probe_repeats: int = 50
 
 
+#: the first suite's name (its host-dependent steps ran on the AMD host `7a9b5131f1f2`)
+SUITE_NAME = "equal_latency"
+#: suites whose arch stage took a fraction of dense as the ratio of each side's quietest round, before `Timer`
+#: paired it by round
+QUIETEST_PROBE_SUITES = frozenset({SUITE_NAME})
+
+
 def run_name(target: float, method: str, seed: int) -> str:
     return f"t{round(100 * target)}-{method}-seed{seed}"
 
@@ -237,10 +244,12 @@ class Timer:
                 self.seen.setdefault(tuple(int(c) for c in k.split()), float(v))
 
     def fractions(self, channel_lists: Sequence[Sequence[int]], *, rounds: int, repeats: int) -> list[float]:
+        """Each network's fraction of dense, paired by round with the dense network timed before every
+        `DENSE_EVERY` of them (`hwdsa.profilers.paired_fraction`), as the device check and the final timing take it."""
         protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
-        per_net = measure_rounds(self.model, self.graph, [self.dense, *channel_lists], self.backend, protocol, rounds=rounds)
-        dense = _ms(per_net[0])
-        return [_ms(r) / dense for r in per_net[1:]]
+        nets, is_dense, places = interleave_reference(channel_lists, self.dense, DENSE_EVERY)
+        ratios = fractions_of_reference(measure_rounds(self.model, self.graph, nets, self.backend, protocol, rounds=rounds), is_dense)
+        return [statistics.median(ratios[i]) for i in places]
 
     def dense_ms(self, *, rounds: int, repeats: int) -> float:
         protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
@@ -336,10 +345,11 @@ class Context:
         self.flops, self.params = FlopsCost(self.graph), ParamsCost(self.graph)
         self.backend = get_backend("onnxruntime", num_threads=1)
         self.multiple = self.backend.channel_multiple
-        self.out = Path(args.out) / "equal_latency"
+        self.out = Path(args.out) / args.name
         self.work = Path(args.work)
         self.host = host_record()
-        probes = self.work / f"probes-{self.host['fingerprint']}-{self.suite.probe_rounds}x{self.suite.probe_repeats}.json"
+        # "paired": probes made before the paired statistic (quietest over quietest) are not reused
+        probes = self.work / f"probes-{self.host['fingerprint']}-paired-{self.suite.probe_rounds}x{self.suite.probe_repeats}.json"
         self.timer = Timer(self.model, self.graph, self.backend, probes)
         self._data: dict[int, JobData] = {}
         self._steps: list[list[int]] | None = None
@@ -875,7 +885,7 @@ def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]
         met = ahead and (significant or not need)
         lines.append(
             f"- hwdsa ahead of `{m}`{' with the interval above zero' if need else ''}: {'met' if met else 'missed'} "
-            f"(hwdsa minus {m}: {-mean * 100:+.2f} pt, 95% CI {-hi * 100:+.2f} to {-lo * 100:+.2f}, {r['pairs']} seeds)."
+            f"(hwdsa minus {m}, mean and 95% CI: {format_interval((-mean, -hi, -lo), r['pairs'])}, {r['pairs']} seeds)."
         )
     near = next((r for r in rows if r["target"] == NEAR_DENSE_TARGET and r["hwdsa_row"]), None)
     dense = runs[0].get("dense_accuracy")
@@ -934,8 +944,8 @@ def variant_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines if len(lines) > 4 else []
 
 
-def write_report(out_root: Path) -> None:
-    out = out_root / "equal_latency"
+def write_report(out_root: Path, name: str = SUITE_NAME) -> None:
+    out = out_root / name
     runs, timings = load_rows(out)
     if not runs:
         _log.info("no finished runs yet under %s", out)
@@ -950,6 +960,11 @@ def write_report(out_root: Path) -> None:
         "the searched ratios, not on whole searches. Every pruned row trains its weights for the same epochs.",
         "",
         "Hosts that timed the rows: " + ("; ".join(f"{h['cpu']} (`{h['fingerprint']}`)" for h in hosts) or "none yet") + ".",
+        "",
+        "The architectures (every search, bisection and check against measured latency) were found on "
+        + ", ".join(f"`{fp}`" for fp in sorted({r["host"]["fingerprint"] for r in runs if "host" in r}))
+        + "; the fractions of dense measured there were "
+        + ("the ratio of each side's quietest round." if name in QUIETEST_PROBE_SUITES else "paired by round (`hwdsa.profilers.paired_fraction`)."),
         "",
         f"Dense: top-1 {runs[0].get('dense_accuracy', float('nan')):.2%}; "
         + ", ".join(f"{t['dense_ms']:.4f} ms on `{t['host']['fingerprint']}` ({t['when']})" for t in timings)
@@ -997,15 +1012,15 @@ def write_report(out_root: Path) -> None:
                       f"hwdsa {b['prune_core_min']:.1f} core-min (ratio {a['prune_core_min'] / b['prune_core_min']:.2f})."]  # fmt: skip
     if variants := variant_lines(runs):
         lines += ["", *variants]
-    write_text_atomic(out_root / "equal_latency.md", "\n".join(lines) + "\n")
-    write_json_atomic(out_root / "equal_latency.json", {"rows": rows, "hosts": hosts})
+    write_text_atomic(out_root / f"{name}.md", "\n".join(lines) + "\n")
+    write_json_atomic(out_root / f"{name}.json", {"rows": rows, "hosts": hosts})
     buf = io.StringIO()
     flat = [{k: v for k, v in r.items() if k not in ("channels", "diff_to_hwdsa")} for r in rows]
     w = csv.DictWriter(buf, fieldnames=sorted({k for r in flat for k in r}))
     w.writeheader()
     w.writerows(flat)
-    write_text_atomic(out_root / "equal_latency.csv", buf.getvalue())
-    _plot(out_root / "equal_latency.png", runs, timings)
+    write_text_atomic(out_root / f"{name}.csv", buf.getvalue())
+    _plot(out_root / f"{name}.png", runs, timings)
 
 
 def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]]) -> None:
@@ -1026,7 +1041,7 @@ def _plot(path: Path, runs: list[dict[str, Any]], timings: list[dict[str, Any]])
     ax.set_title("accuracy against measured latency")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    arch = [json.loads(p.read_text()) for p in sorted((path.parent / "equal_latency" / "arch").glob("*.json"))]
+    arch = [json.loads(p.read_text()) for p in sorted((path.with_suffix("") / "arch").glob("*.json"))]
     for k, method in enumerate(METHODS):
         r = next((r for r in arch if r["target"] == 0.5 and r["seed"] == 0 and r["method"] == method), None)
         if r is not None and method not in CONTROLS:  # a control's channels are its source's
@@ -1055,12 +1070,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timing-rounds", type=int, default=20)
     p.add_argument("--timing-repeats", type=int, default=100)
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--name", default=SUITE_NAME,
+                   help="the suite: its runs go to OUT/NAME/, its report to OUT/NAME.{md,csv,json,png}; a suite whose "
+                        "host-dependent steps run on another host than an earlier suite's is a new suite (e.g. NAME-<fingerprint>)")
     p.add_argument("--work", default="runs/equal_latency", help="scratch folder (not committed)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     if args.stage == "report":
-        write_report(Path(args.out))
+        write_report(Path(args.out), args.name)
         return 0
     if args.stage in ("arch", "finetune") and not args.data_root:
         raise SystemExit("--data-root is needed to train: the CIFAR-10 folder")
@@ -1078,7 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         stage_time(ctx, args.timing_rounds, args.timing_repeats)
-    write_report(Path(args.out))
+    write_report(Path(args.out), args.name)
     _log.info("reproduce: %s", reproduce_command("equal_latency.py", argv))
     return 0
 

@@ -101,8 +101,10 @@ class JobLatency:
             cost = build_cost("latency", graph, latency_table=table)
             if table is not None and meta is not None:
                 self._warn_about_speed(cost, table, meta)
-                if cfg.target_device is None:
-                    self._check_calibration_current(model, graph, cost, table, meta)
+                # this host's cache table is the job's to keep current; a table the user named is refused instead
+                cached = spec.table is None and cfg.latency_table is None
+                if cfg.target_device is None and self._check_calibration_current(model, graph, cost, table, meta, refit=cached):
+                    cost = build_cost("latency", graph, latency_table=table)
             if len(latency_specs) > 1:  # one network for several devices: a budget, and a name, per table
                 assert table is not None  # build_cost refused a latency budget without a table
                 cost.name = f"latency@{Path(table).stem}"
@@ -171,20 +173,55 @@ class JobLatency:
             )  # fmt: skip
 
     def _check_calibration_current(
-        self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str, meta: TableMeta
-    ) -> None:
+        self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str, meta: TableMeta, *, refit: bool
+    ) -> bool:
         """Time the dense network once: a calibration made when this machine ran at another level (another
-        load, another CPU under the same name) would set every fraction of dense against a stale figure."""
+        load, another CPU under the same name) would set every fraction of dense against a stale figure.
+
+        A stale calibration is refitted in `table` when `refit` (this host's cache table, which the job keeps),
+        else refused with the command that refits it. Returns whether it was refitted (on every rank)."""
+        if not is_main_process():
+            return broadcast_object(False)
+        stale = self._stale_calibration(model, graph, cost, table, meta)
+        if stale is not None and not refit:
+            raise ConfigError(stale + f". Refit it: hwdsa fit {table} --model {self.config.model}")
+        if stale is not None:
+            self._refit_calibration(model, graph, cost, table, meta, stale)
+        return broadcast_object(stale is not None)
+
+    def _refit_calibration(self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str, meta: TableMeta, why: str) -> None:
+        """Fit the calibration again as it was fitted (its networks' count, the table's protocol), written atomically."""
+        from hwdsa.lut.cost_model import LatencyCost
+        from hwdsa.lut.network import backend_for_table, calibrate_table
+
+        assert isinstance(cost, LatencyCost) and cost.calibration is not None
+        old = cost.calibration
+        _log.warning("%s: refitting the calibration of this host's cached table (%d networks)", why, old.n_points)
+        refitted, cal = calibrate_table(
+            LatencyTable.read(table), model, graph.input_shape, backend_for_table(meta), name=self.config.model,
+            networks=max(3, old.n_points), protocol=self._table_protocol(meta), method=old.method,  # type: ignore[arg-type]
+        )  # fmt: skip
+        refitted.write(table)
+        _log.info("calibration refitted: the dense network %.4g ms (was %.4g ms), %s", cal.dense_ms, old.dense_ms, cal.describe())
+
+    @staticmethod
+    def _table_protocol(meta: TableMeta) -> Any:
+        """The table's own timing protocol: the calibration's figure was taken with it, and the statistic must match."""
+        from hwdsa.profilers.base import TimingProtocol
+
+        known = {f.name for f in dataclasses.fields(TimingProtocol)}
+        return TimingProtocol(**{k: v for k, v in meta.protocol.items() if k in known})
+
+    def _stale_calibration(self, model: nn.Module, graph: ChannelGraph, cost: CostModel, table: str, meta: TableMeta) -> str | None:
+        """Why the table's calibration no longer describes this machine, or None when it does."""
         from hwdsa.lut.cost_model import LatencyCost
         from hwdsa.lut.network import backend_for_table, measure_rounds
-        from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
+        from hwdsa.profilers.base import Measurement, quietest
 
-        if not isinstance(cost, LatencyCost) or cost.measured_dense is None or not is_main_process():
-            return
+        if not isinstance(cost, LatencyCost) or cost.measured_dense is None:
+            return None
         backend = backend_for_table(meta)
-        # the table's own protocol: the calibration's figure was taken with it, and the statistic must match
-        known = {f.name for f in dataclasses.fields(TimingProtocol)}
-        protocol = TimingProtocol(**{k: v for k, v in meta.protocol.items() if k in known})
+        protocol = self._table_protocol(meta)
         then = cost.measured_dense
         timings: list[Measurement] = []
         for _ in range(2):  # a busy moment is not a stale calibration: a second look before refusing
@@ -194,12 +231,13 @@ class JobLatency:
             if abs(now.median_ms / then - 1.0) <= spread:
                 break
         if abs(now.median_ms / then - 1.0) > spread:
-            raise ConfigError(
+            return (
                 f"the dense network measures {now.median_ms:.4g} ms here now, but {table}'s calibration recorded "
                 f"{then:.4g} ms ({now.median_ms / then - 1:+.0%}, more than the timing's spread {spread:.0%}): this machine "
-                f"no longer runs as it did when the table was calibrated. Refit it: hwdsa fit {table} --model {self.config.model}"
+                "no longer runs as it did when the table was calibrated"
             )
         _log.info("calibration current: the dense network measures %.4g ms (calibrated %.4g ms)", now.median_ms, then)
+        return None
 
     def measure(
         self, model: nn.Module, graph: ChannelGraph, channels: list[int], budgets: list[Budget], timings: dict[str, float]

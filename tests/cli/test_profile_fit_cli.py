@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,35 @@ def test_prune_refuses_a_calibration_this_machine_no_longer_matches(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no longer runs as it did when the table was calibrated" in err and f"hwdsa fit {stale} --model small_cnn" in err
+
+
+def test_prune_refits_a_stale_calibration_of_this_hosts_cached_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cache table is the job's own: a calibration this machine no longer matches is fitted again, not refused."""
+    import dataclasses
+
+    import hwdsa.lut.network as network
+    from hwdsa.lut.calibrate import attach_calibration
+    from hwdsa.profilers.base import TimingProtocol
+
+    monkeypatch.setenv("HWDSA_CACHE", str(tmp_path / "cache"))
+    real = network.latency_table_for
+    light = TimingProtocol(warmup=2, repeats=10, max_attempts=1, min_run_ms=0.05, rounds=3)
+    monkeypatch.setattr(network, "latency_table_for", lambda *a, **k: real(*a, grid=GridConfig("cpu", cpu_points=2), protocol=light, networks=3, **k))
+    argv = [
+        "-q", "prune", "--model", "small_cnn", "--data", "digits", "--subset-per-class", "8", "--from-scratch",
+        "--search-epochs", "1", "--finetune-epochs", "0", "--batch-size", "32", "--latency", "0.7",
+        "--latency-backend", "torch_cpu", "--json",
+    ]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "run")]) == 0
+    path = Path(json.loads(capsys.readouterr().out)["budgets"]["latency"]["table"])
+    cal = calibrations(LatencyTable.read(path))["small_cnn"]
+    assert cal.dense_ms is not None
+    attach_calibration(LatencyTable.read(path), "small_cnn", dataclasses.replace(cal, dense_ms=3 * cal.dense_ms)).write(path)
+    with caplog.at_level(logging.INFO, logger="hwdsa.job"):
+        assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    assert "refitting the calibration of this host's cached table (3 networks)" in caplog.text
+    refitted = calibrations(LatencyTable.read(path))["small_cnn"]
+    assert refitted.dense_ms is not None and refitted.dense_ms < 2 * cal.dense_ms and refitted.created_at != cal.created_at
+    assert refitted.n_points == cal.n_points

@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
@@ -24,6 +24,9 @@ from hwdsa.graph import ChannelGraph
 from hwdsa.job.config import PruneJobConfig
 from hwdsa.job.report import MeasuredLatency
 from hwdsa.lut.table import LatencyTable, TableMeta
+
+if TYPE_CHECKING:
+    from hwdsa.profilers.base import TimingProtocol
 
 _log = logging.getLogger("hwdsa.job")
 
@@ -205,7 +208,7 @@ class JobLatency:
         _log.info("calibration refitted: the dense network %.4g ms (was %.4g ms), %s", cal.dense_ms, old.dense_ms, cal.describe())
 
     @staticmethod
-    def _table_protocol(meta: TableMeta) -> Any:
+    def _table_protocol(meta: TableMeta) -> TimingProtocol:
         """The table's own timing protocol: the calibration's figure was taken with it, and the statistic must match."""
         from hwdsa.profilers.base import TimingProtocol
 

@@ -94,9 +94,9 @@ from hwdsa.job import BudgetSpec, PruneJob, PruneJobConfig
 from hwdsa.job.latency import host_table
 from hwdsa.job.run import JobData, job_data
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import fractions_of_reference, interleave_reference, measure_rounds
+from hwdsa.lut.network import DENSE_EVERY, fractions_of_reference, interleave_reference, measure_rounds, time_against_dense
 from hwdsa.lut.rounding import rounding_steps
-from hwdsa.lut.verify import DEFAULT_MARGIN, DENSE_EVERY
+from hwdsa.lut.verify import DEFAULT_MARGIN
 from hwdsa.models import create_model
 from hwdsa.profilers.backend import Backend, get_backend
 from hwdsa.profilers.base import Measurement, TimingProtocol, quietest
@@ -247,9 +247,7 @@ class Timer:
         """Each network's fraction of dense, paired by round with the dense network timed before every
         `DENSE_EVERY` of them (`hwdsa.profilers.paired_fraction`), as the device check and the final timing take it."""
         protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)
-        nets, is_dense, places = interleave_reference(channel_lists, self.dense, DENSE_EVERY)
-        ratios = fractions_of_reference(measure_rounds(self.model, self.graph, nets, self.backend, protocol, rounds=rounds), is_dense)
-        return [statistics.median(ratios[i]) for i in places]
+        return time_against_dense(self.model, self.graph, channel_lists, self.backend, protocol, rounds=rounds).fractions
 
     def dense_ms(self, *, rounds: int, repeats: int) -> float:
         protocol = TimingProtocol(warmup=10, repeats=repeats, max_attempts=1)

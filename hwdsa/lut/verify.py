@@ -33,7 +33,7 @@ from hwdsa.costs import Budget
 from hwdsa.errors import BudgetInfeasibleError, ConfigError
 from hwdsa.graph import ChannelGraph
 from hwdsa.lut.cost_model import LatencyCost
-from hwdsa.lut.network import fractions_of_reference, interleave_reference, measure_rounds
+from hwdsa.lut.network import DENSE_EVERY, fractions_of_reference, interleave_reference, measure_rounds
 from hwdsa.lut.rounding import round_for_budgets, rounding_steps
 from hwdsa.profilers.backend import Backend
 from hwdsa.profilers.base import TimingProtocol, quietest
@@ -65,10 +65,6 @@ EXTEND_RUNS = 2
 #: network measured exactly at the target measures over it half the time; and the largest of several
 #: noisy candidates under a limit is more often one that measured low than one that measured high.
 DEFAULT_MARGIN = 0.015
-#: The dense network is timed before every this many candidates of a run: each candidate's fraction of it
-#: is taken against the dense timing just before it in the same round, a few networks' time away (it is also
-#: the noisiest network timed alone: VGG-16's 59 MB of weights stream from memory; 5% run to run here).
-DENSE_EVERY = 4
 #: When the dense network's quietest timings of two runs differ by more than this, the machine's
 #: load changed during the check, and a warning says so.
 DENSE_DISAGREE = 0.05

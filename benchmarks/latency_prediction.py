@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--min-run-ms", type=float, default=2.0)
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--conditions", default="the other core idle", help="what else ran on the machine, for the report")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     tables = [Path(t) for t in args.tables] if args.tables else [v for k, v in packaged_tables().items() if k.startswith("cpu-")]
@@ -391,7 +392,7 @@ def _markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         "term of the network's weight footprint (spill step, √footprint or stream beyond a capacity); *uniform draw* is the calibration fitted on as many networks drawn "
         "as `hwdsa fit` drew them before (overall width U(0.1, 1), few small footprints), timed in the same rounds. "
         f"Timing: two passes of {args.rounds} interleaved rounds ({args.repeats} samples of >= "
-        f"{args.min_run_ms} ms), the quietest round kept, on core 1 (core 0 idle). *Measured* is "
+        f"{args.min_run_ms} ms), the quietest round kept, pinned to one core ({args.conditions}). *Measured* is "
         "the quietest of both passes; *repeatability* compares the two passes with each other, the measurement's own noise. "
         "*Off the lattice*: extra networks at any channel count, which `hwdsa prune` does not produce for a backend with a "
         "lattice (reported, not part of the goal). Two more held-out sets, per model: *independent groups* (every group's "

@@ -362,7 +362,7 @@ def time_against_dense(
 DEFAULT_CALIBRATION_NETWORKS = 16
 #: A calibration network measured this far off the fit (a share of its latency) is timed again ...
 REMEASURE_ABOVE = 0.04
-#: ... at most this many times (each pass times only the networks still above).
+#: ... at most this many times (each pass times only the networks still off).
 REMEASURE_PASSES = 2
 
 
@@ -391,8 +391,9 @@ def calibrate_table(
     paired by round, times the dense network's quietest round (`time_against_dense`), as a budget's
     measured check takes it. The dense network's measurement is kept with the calibration
     (`Calibration.dense_ms`): a budget given as a fraction (`--latency 0.5`) is that fraction of what the
-    dense network measured, whatever the fit's error there. `anchor_dense` makes the fit itself go through that measurement (the dense network is
-    often the outlier of a memory-bound model: it alone exceeds a cache, so this is off by default).
+    dense network measured, whatever the fit's error there. `anchor_dense` makes the fit itself go through
+    that measurement (the dense network is often the outlier of a memory-bound model: it alone exceeds a
+    cache, so this is off by default).
     Networks measured more than `REMEASURE_ABOVE` off the first fit (timed in a window of a shared machine
     that disturbed them and the dense timing unlike) are timed again, their rounds pooled, and the fit is
     redone (at most `REMEASURE_PASSES` times).

@@ -205,8 +205,10 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     # As `hwdsa fit` fits it (`calibrate_table`): each calibration network's ms are its fraction of dense, paired by
     # round, times the dense network's quietest round. The fit above (`refitted`, on each network's own quietest
     # round, as `hwdsa fit` fitted it before) stays for the ms columns and as the fractions' comparison.
-    paired_ms = frac[:k] * measured[0]
-    paired_ms[0] = measured[0]  # the dense network itself
+    # The dense level is the quietest round of the dense timings interleaved between the networks, as there.
+    dense_level = min(quietest(p[i]).median_ms for p in passes for i, ref in enumerate(is_dense) if ref)
+    paired_ms = frac[:k] * dense_level
+    paired_ms[0] = dense_level  # the dense network itself
     paired_cal = fit_calibration(cost, list(zip(cal_nets, paired_ms.tolist())))
     paired_fit = cost.with_calibration(paired_cal)
 
@@ -218,15 +220,16 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
     lo_ind, lo_dsa = bounds[4], bounds[5]
     held_out = {"cost_model": (test_nets, frac[k : k + n]), "independent": (indep_nets, frac[lo_ind : lo_ind + n_ind]), "dsa_produced": (dsa_nets, frac[lo_dsa:])}
 
-    def fraction_errors(model: LatencyCost) -> dict[str, Any]:
+    def fraction_errors(model: LatencyCost, dense_ms: float) -> dict[str, Any]:
+        """Errors of `model`'s fractions of dense, over its own dense price and over `dense_ms` (its calibration's)."""
         return {
             **{key: _errors(predicted_fraction(model, chs), f) if chs else None for key, (chs, f) in held_out.items()},
-            "over_measured_dense": {key: _errors(predicted_fraction(model, chs, float(measured[0])), f) if chs else None for key, (chs, f) in held_out.items()},
+            "over_measured_dense": {key: _errors(predicted_fraction(model, chs, dense_ms), f) if chs else None for key, (chs, f) in held_out.items()},
         }  # fmt: skip
 
     fraction: dict[str, Any] = {
-        **fraction_errors(paired_fit),
-        "quietest_fit": fraction_errors(refitted),
+        **fraction_errors(paired_fit, dense_level),
+        "quietest_fit": fraction_errors(refitted, float(measured[0])),
         "flops_proxy": _errors(np.array([flops.exact(ch) / flops.dense for ch in test_nets]), frac[k : k + n]),
         "repeatability": _errors(frac1[k : k + n], frac2[k : k + n]),
         "repeatability_all_held_out": _errors(frac1[k:], frac2[k:]),
@@ -244,6 +247,7 @@ def run_one(table_path: Path, model_name: str, args: argparse.Namespace) -> tupl
         "networks": args.networks,
         "interpolation": str(table.meta.extra.get("interpolation", "linear")),
         "dense_measured_ms": float(measured[0]),
+        "dense_level_paired_ms": dense_level,
         "dense_predicted_ms": refitted.dense,
         "dense_predicted_shipped_ms": cost.dense,
         "calibration": fresh.to_json(),

@@ -885,13 +885,15 @@ def verdict(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[str]
         need = m in MUST_BEAT_SIGNIFICANTLY
         met = ahead and (significant or not need)
         acc_at = {(x["method"], x["seed"]): x["accuracy"] for x in runs if x["target"] == HEADLINE_TARGET}
-        per_seed = [acc_at[ours["method"], k] - acc_at[m, k] for (method, k) in acc_at if method == m and (ours["method"], k) in acc_at]
+        # hwdsa minus `m` on every seed both ran
+        by_seed = {k: acc_at[ours["method"], k] - acc_at[m, k] for (method, k) in acc_at if method == m and (ours["method"], k) in acc_at}
+        per_seed = list(by_seed.values())
         line = (
             f"- hwdsa ahead of `{m}`{' with the interval above zero' if need else ''}: {'met' if met else 'missed'} "
             f"(hwdsa minus {m}, mean and 95% CI: {format_interval((-mean, -hi, -lo), r['pairs'])}, {r['pairs']} seeds; "
             f"ahead on {sum(d > 0 for d in per_seed)} of {len(per_seed)}{'' if significant else '; the interval includes zero'})."
         )
-        planned = [acc_at[ours["method"], k] - acc_at[m, k] for k in PLANNED_SEEDS if (ours["method"], k) in acc_at and (m, k) in acc_at]
+        planned = [by_seed[k] for k in PLANNED_SEEDS if k in by_seed]
         if r["pairs"] > len(planned) == len(PLANNED_SEEDS):
             line += (f" On the planned seeds {', '.join(map(str, PLANNED_SEEDS))} alone: {format_interval(paired_interval(planned), len(planned))} "
                      "(the later seeds were added after these had finished).")  # fmt: skip
